@@ -1,0 +1,3 @@
+//! Commands besides `serve`: clients and operator tools.
+
+pub mod import;

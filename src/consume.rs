@@ -1,0 +1,163 @@
+//! The consume step, shared by `POST /ingest-consume` (the Functions host's Service Bus
+//! trigger) and the embedded worker: decode a message, check it again, upsert the user.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::domain::{UserDocument, UserId};
+use crate::store::{StoreError, UpsertOutcome, UserStore, WriteVersion};
+
+/// A message as delivered by either subscription.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message_id: String,
+    pub body: MessageBody,
+    pub enqueued_at: OffsetDateTime,
+    pub sequence: i64,
+    pub delivery_count: u32,
+}
+
+/// The host hands the body over as JSON (an object, or a string holding JSON once or twice
+/// encoded, or base64 for a binary binding); the embedded queue as the bytes published.
+#[derive(Debug, Clone)]
+pub enum MessageBody {
+    Json(Value),
+    Bytes(Vec<u8>),
+}
+
+/// What happened to a message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The user is stored (or a newer version of it already was).
+    Stored { id: UserId, stale: bool },
+    /// The message can never succeed: park it with this reason.
+    Poison { reason: String },
+    /// Try again later.
+    Transient(StoreError),
+}
+
+/// Decodes, checks and stores messages.
+#[derive(Clone)]
+pub struct Consumer {
+    store: Arc<dyn UserStore>,
+}
+
+impl Consumer {
+    pub fn new(store: Arc<dyn UserStore>) -> Self {
+        Self { store }
+    }
+
+    pub async fn process(&self, delivery: &Delivery) -> Outcome {
+        let value = match decode(&delivery.body) {
+            Ok(value) => value,
+            Err(reason) => return Outcome::Poison { reason },
+        };
+        let doc = match UserDocument::from_message(value, &delivery.message_id, delivery.enqueued_at) {
+            Ok(doc) => doc,
+            Err(errors) => {
+                let fields: Vec<String> = errors
+                    .iter()
+                    .map(|e| {
+                        if e.field.is_empty() {
+                            e.message.clone()
+                        } else {
+                            format!("{}: {}", e.field, e.message)
+                        }
+                    })
+                    .collect();
+                return Outcome::Poison { reason: format!("invalid user record: {}", fields.join("; ")) };
+            }
+        };
+        let version = WriteVersion { message_id: delivery.message_id.clone(), sequence: delivery.sequence };
+        match self.store.upsert(&doc, &version).await {
+            Ok(outcome) => Outcome::Stored { id: doc.id, stale: outcome == UpsertOutcome::Stale },
+            Err(e) => Outcome::Transient(e),
+        }
+    }
+}
+
+/// How many times a body may be wrapped in a JSON string before we give up.
+const MAX_ENCODING_LAYERS: usize = 3;
+
+/// Unwraps the encodings the Functions host is known to apply, down to a JSON object.
+pub fn decode(body: &MessageBody) -> Result<Value, String> {
+    let mut value = match body {
+        MessageBody::Json(v) => v.clone(),
+        MessageBody::Bytes(bytes) => parse_text(bytes)?,
+    };
+    for _ in 0..MAX_ENCODING_LAYERS {
+        match value {
+            Value::Object(_) => return Ok(value),
+            Value::String(text) => value = parse_text(text.as_bytes())?,
+            other => return Err(format!("the message must hold a JSON object, not {}", json_kind(&other))),
+        }
+    }
+    match value {
+        Value::Object(_) => Ok(value),
+        _ => Err("the message is wrapped in too many layers of JSON strings".into()),
+    }
+}
+
+fn parse_text(bytes: &[u8]) -> Result<Value, String> {
+    match serde_json::from_slice(bytes) {
+        Ok(v) => Ok(v),
+        Err(json_error) => {
+            // A binary binding delivers base64.
+            let trimmed = bytes.trim_ascii();
+            match base64::engine::general_purpose::STANDARD.decode(trimmed) {
+                Ok(decoded) => serde_json::from_slice(&decoded)
+                    .map_err(|e| format!("the message is base64 but not JSON inside: {e}")),
+                Err(_) => Err(format!("the message is not JSON: {json_error}")),
+            }
+        }
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_encoding_the_host_uses_decodes_to_the_same_object() {
+        let record = json!({"id": "u1", "name": "A", "email": "a@example.com"});
+        let once = Value::String(record.to_string());
+        let twice = Value::String(once.to_string());
+        let b64 = Value::String(base64::engine::general_purpose::STANDARD.encode(record.to_string()));
+        for body in [
+            MessageBody::Json(record.clone()),
+            MessageBody::Json(once),
+            MessageBody::Json(twice),
+            MessageBody::Json(b64),
+            MessageBody::Bytes(record.to_string().into_bytes()),
+        ] {
+            assert_eq!(decode(&body).unwrap(), record, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn bodies_that_hold_no_object_are_refused_with_a_reason() {
+        for body in [
+            MessageBody::Bytes(b"not json".to_vec()),
+            MessageBody::Json(json!([1, 2])),
+            MessageBody::Json(json!("\"just a string\"")),
+            MessageBody::Json(json!(42)),
+        ] {
+            assert!(decode(&body).is_err(), "{body:?}");
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The user record and everything that checks it: pure functions, no I/O.
+//!
+//! Parse, don't validate: a [`UserDocument`] can only be built through [`NewUser::parse`] or
+//! [`UserDocument::parse_stored`], so nothing downstream sees unchecked data.
+
+mod country;
+mod email;
+mod user;
+
+pub use user::{
+    FieldError, NewUser, UserDocument, UserId, MAX_ATTRIBUTES_BYTES, MAX_ATTRIBUTES_DEPTH, MAX_NAME_CHARS,
+};

@@ -1,0 +1,484 @@
+//! The user record of the HTTP contract and the document the store keeps.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::{country, email};
+
+/// The most characters a name may have after trimming.
+pub const MAX_NAME_CHARS: usize = 200;
+/// The largest `attributes` object, serialized as compact JSON.
+pub const MAX_ATTRIBUTES_BYTES: usize = 16 * 1024;
+/// The deepest `attributes` may nest; the object itself is level 1.
+pub const MAX_ATTRIBUTES_DEPTH: usize = 8;
+const MAX_ID_LEN: usize = 128;
+const MAX_AGE: u64 = 150;
+
+/// One bad field of a request, as listed in a problem+json `errors` array.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// A user id that can be stored AND read back: Cosmos DB stores ids holding `/ \ ? #` but
+/// can never point-read them, so only a conservative ASCII alphabet is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Checks an id taken from a request body, a URL path or a message.
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        if raw.is_empty() {
+            return Err("must not be empty");
+        }
+        if raw.len() > MAX_ID_LEN {
+            return Err("must be at most 128 characters long");
+        }
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b);
+        if !raw.bytes().all(allowed) {
+            return Err("may only hold ASCII letters, digits and - _ . : @");
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// A fresh id for a record that came without one.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// The id of a message that reached the topic without one (another producer): derived
+    /// from the message id, so a redelivery of that message lands on the same document.
+    pub fn for_message(message_id: &str) -> Self {
+        Self(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, message_id.as_bytes()).to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for UserId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A record a client asked us to ingest, checked field by field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewUser {
+    pub id: Option<UserId>,
+    pub name: String,
+    pub email: String,
+    pub age: Option<u8>,
+    pub country: Option<String>,
+    pub attributes: Option<Map<String, Value>>,
+}
+
+/// The document the store keeps and GET returns: the user's fields plus `ingestedAt`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserDocument {
+    pub id: UserId,
+    pub name: String,
+    pub email: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Map<String, Value>>,
+    #[serde(serialize_with = "rfc3339")]
+    pub ingested_at: OffsetDateTime,
+}
+
+const RECORD_FIELDS: [&str; 6] = ["id", "name", "email", "age", "country", "attributes"];
+
+impl NewUser {
+    /// Checks a request body, naming every bad field at once.
+    pub fn parse(body: Value) -> Result<Self, Vec<FieldError>> {
+        let Value::Object(fields) = body else {
+            return Err(vec![FieldError::new(
+                "",
+                format!("the body must be a JSON object, not {}", kind(&body)),
+            )]);
+        };
+        let (user, _) = parse_fields(fields, false)?;
+        Ok(user)
+    }
+
+    /// The document as stored: the id given, or a fresh one, and the acceptance time.
+    pub fn into_document(self, ingested_at: OffsetDateTime) -> UserDocument {
+        let id = self.id.unwrap_or_else(UserId::generate);
+        UserDocument {
+            id,
+            name: self.name,
+            email: self.email,
+            age: self.age,
+            country: self.country,
+            attributes: self.attributes,
+            ingested_at: truncate_to_micros(ingested_at),
+        }
+    }
+}
+
+impl UserDocument {
+    /// Reads a document back from a topic message. The message is checked again: the topic
+    /// may carry messages from other producers, and a bad one must be dead-lettered, not
+    /// stored. A message without an id gets one derived from `message_id`; one without
+    /// `ingestedAt` takes `enqueued_at`.
+    pub fn from_message(
+        body: Value,
+        message_id: &str,
+        enqueued_at: OffsetDateTime,
+    ) -> Result<Self, Vec<FieldError>> {
+        let Value::Object(fields) = body else {
+            return Err(vec![FieldError::new(
+                "",
+                format!("the message must be a JSON object, not {}", kind(&body)),
+            )]);
+        };
+        let (user, ingested_at) = parse_fields(fields, true)?;
+        let id = user.id.unwrap_or_else(|| UserId::for_message(message_id));
+        Ok(Self {
+            id,
+            name: user.name,
+            email: user.email,
+            age: user.age,
+            country: user.country,
+            attributes: user.attributes,
+            ingested_at: truncate_to_micros(ingested_at.unwrap_or(enqueued_at)),
+        })
+    }
+
+    /// The document as compact JSON: what the topic carries and the store keeps.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a user document always serializes")
+    }
+}
+
+fn parse_fields(
+    mut fields: Map<String, Value>,
+    allow_ingested_at: bool,
+) -> Result<(NewUser, Option<OffsetDateTime>), Vec<FieldError>> {
+    let mut errors = Vec::new();
+
+    let ingested_at = if allow_ingested_at {
+        match fields.remove("ingestedAt") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => match OffsetDateTime::parse(&s, &Rfc3339) {
+                Ok(t) => Some(t.to_offset(time::UtcOffset::UTC)),
+                Err(_) => {
+                    errors.push(FieldError::new("ingestedAt", "must be an RFC 3339 date-time"));
+                    None
+                }
+            },
+            Some(other) => {
+                errors.push(FieldError::new("ingestedAt", format!("must be a string, not {}", kind(&other))));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let mut unknown: Vec<&String> = fields.keys().filter(|k| !RECORD_FIELDS.contains(&k.as_str())).collect();
+    unknown.sort();
+    for field in unknown {
+        errors.push(FieldError::new(field.clone(), "is not a field of a user record"));
+    }
+
+    let id = match fields.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match UserId::parse(&s) {
+            Ok(id) => Some(id),
+            Err(why) => {
+                errors.push(FieldError::new("id", why));
+                None
+            }
+        },
+        Some(other) => {
+            errors.push(FieldError::new("id", format!("must be a string, not {}", kind(&other))));
+            None
+        }
+    };
+
+    let name = match fields.remove("name") {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new("name", "is required"));
+            None
+        }
+        Some(Value::String(s)) => {
+            let trimmed = s.trim();
+            let chars = trimmed.chars().count();
+            if chars == 0 {
+                errors.push(FieldError::new("name", "must not be empty or only white space"));
+                None
+            } else if chars > MAX_NAME_CHARS {
+                errors.push(FieldError::new(
+                    "name",
+                    format!("must be at most {MAX_NAME_CHARS} characters long"),
+                ));
+                None
+            } else if trimmed.chars().any(char::is_control) {
+                errors.push(FieldError::new("name", "must not contain control characters"));
+                None
+            } else {
+                Some(trimmed.to_owned())
+            }
+        }
+        Some(other) => {
+            errors.push(FieldError::new("name", format!("must be a string, not {}", kind(&other))));
+            None
+        }
+    };
+
+    let email = match fields.remove("email") {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new("email", "is required"));
+            None
+        }
+        Some(Value::String(s)) => match email::check(&s) {
+            Ok(()) => Some(s),
+            Err(why) => {
+                errors.push(FieldError::new("email", why));
+                None
+            }
+        },
+        Some(other) => {
+            errors.push(FieldError::new("email", format!("must be a string, not {}", kind(&other))));
+            None
+        }
+    };
+
+    let age = match fields.remove("age") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(a) if a <= MAX_AGE => Some(a as u8),
+            _ if n.is_i64() || n.is_u64() => {
+                errors.push(FieldError::new("age", format!("must be between 0 and {MAX_AGE}")));
+                None
+            }
+            _ => {
+                errors.push(FieldError::new("age", "must be a whole number"));
+                None
+            }
+        },
+        Some(other) => {
+            errors.push(FieldError::new("age", format!("must be an integer, not {}", kind(&other))));
+            None
+        }
+    };
+
+    let country = match fields.remove("country") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if country::is_assigned(&s) => Some(s),
+        Some(Value::String(_)) => {
+            errors.push(FieldError::new(
+                "country",
+                "must be an ISO 3166-1 alpha-2 code in upper case, such as \"DE\"",
+            ));
+            None
+        }
+        Some(other) => {
+            errors.push(FieldError::new("country", format!("must be a string, not {}", kind(&other))));
+            None
+        }
+    };
+
+    let attributes = match fields.remove("attributes") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(map)) => {
+            let value = Value::Object(map);
+            if depth(&value) > MAX_ATTRIBUTES_DEPTH {
+                errors.push(FieldError::new(
+                    "attributes",
+                    format!("must not nest deeper than {MAX_ATTRIBUTES_DEPTH} levels"),
+                ));
+                None
+            } else if serde_json::to_vec(&value).map_or(usize::MAX, |v| v.len()) > MAX_ATTRIBUTES_BYTES {
+                errors.push(FieldError::new(
+                    "attributes",
+                    format!("must be at most {MAX_ATTRIBUTES_BYTES} bytes as JSON"),
+                ));
+                None
+            } else {
+                match value {
+                    Value::Object(map) => Some(map),
+                    _ => unreachable!("built from an object above"),
+                }
+            }
+        }
+        Some(other) => {
+            errors
+                .push(FieldError::new("attributes", format!("must be a JSON object, not {}", kind(&other))));
+            None
+        }
+    };
+
+    match (name, email) {
+        (Some(name), Some(email)) if errors.is_empty() => {
+            Ok((NewUser { id, name, email, age, country, attributes }, ingested_at))
+        }
+        _ => Err(errors),
+    }
+}
+
+/// How deep a value nests: a scalar is 0, an empty or flat object or array is 1.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Microseconds are what every backend keeps losslessly (Cosmos, JavaScript clients).
+fn truncate_to_micros(t: OffsetDateTime) -> OffsetDateTime {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000).expect("a truncated nanosecond is in range")
+}
+
+fn rfc3339<S: serde::Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+    let text = t.format(&Rfc3339).map_err(serde::ser::Error::custom)?;
+    s.serialize_str(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields_of(result: Result<NewUser, Vec<FieldError>>) -> Vec<String> {
+        result.expect_err("should be refused").into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn a_complete_record_is_accepted_with_its_name_trimmed() {
+        let user = NewUser::parse(json!({
+            "id": "usr-1", "name": "  Frédéric Lambert ", "email": "fl@example.com",
+            "age": 0, "country": "FR", "attributes": {"plan": "pro", "tags": ["a"]}
+        }))
+        .unwrap();
+        assert_eq!(user.id.unwrap().as_str(), "usr-1");
+        assert_eq!(user.name, "Frédéric Lambert");
+        assert_eq!(user.age, Some(0));
+        assert_eq!(user.country.as_deref(), Some("FR"));
+    }
+
+    #[test]
+    fn a_missing_or_null_id_is_left_for_the_server_to_assign() {
+        for body in [
+            json!({"name": "A", "email": "a@example.com"}),
+            json!({"id": null, "name": "A", "email": "a@example.com"}),
+        ] {
+            let doc = NewUser::parse(body).unwrap().into_document(OffsetDateTime::now_utc());
+            assert!(uuid::Uuid::parse_str(doc.id.as_str()).is_ok());
+        }
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let table: Vec<(Value, Vec<&str>)> = vec![
+            (json!({}), vec!["name", "email"]),
+            (json!({"name": "Ada"}), vec!["email"]),
+            (json!({"email": "ada@example.com"}), vec!["name"]),
+            (json!({"name": "   ", "email": "ada@example.com"}), vec!["name"]),
+            (json!({"name": "Ada\u{0}L", "email": "ada@example.com"}), vec!["name"]),
+            (json!({"name": "x".repeat(201), "email": "ada@example.com"}), vec!["name"]),
+            (json!({"name": "Ada", "email": "ada@"}), vec!["email"]),
+            (json!({"name": "Ada", "email": 5}), vec!["email"]),
+            (json!({"name": "Ada", "email": "a@example.com", "age": -1}), vec!["age"]),
+            (json!({"name": "Ada", "email": "a@example.com", "age": 151}), vec!["age"]),
+            (json!({"name": "Ada", "email": "a@example.com", "age": "36"}), vec!["age"]),
+            (json!({"name": "Ada", "email": "a@example.com", "age": 36.5}), vec!["age"]),
+            (json!({"name": "Ada", "email": "a@example.com", "country": "de"}), vec!["country"]),
+            (json!({"name": "Ada", "email": "a@example.com", "country": "XX"}), vec!["country"]),
+            (json!({"name": "Ada", "email": "a@example.com", "id": 123}), vec!["id"]),
+            (json!({"name": "Ada", "email": "a@example.com", "id": ""}), vec!["id"]),
+            (json!({"name": "Ada", "email": "a@example.com", "id": "ab/cd"}), vec!["id"]),
+            (json!({"name": "Ada", "email": "a@example.com", "id": "a#b"}), vec!["id"]),
+            (json!({"name": "Ada", "email": "a@example.com", "id": "x".repeat(129)}), vec!["id"]),
+            (json!({"name": "Ada", "email": "a@example.com", "attributes": "vip"}), vec!["attributes"]),
+            (
+                json!({"name": "Ada", "email": "a@example.com", "attributes": {"blob": "x".repeat(17_000)}}),
+                vec!["attributes"],
+            ),
+            (
+                json!({"name": "Ada", "email": "a@example.com", "ingestedAt": "2024-01-01T00:00:00Z"}),
+                vec!["ingestedAt"],
+            ),
+            (json!({"name": "Ada", "emial": "a@example.com", "email": "a@example.com"}), vec!["emial"]),
+            (
+                json!({"id": 1, "name": "", "email": "x", "age": 999, "country": "zz", "attributes": [], "extra": 1}),
+                vec!["extra", "id", "name", "email", "age", "country", "attributes"],
+            ),
+        ];
+        for (body, expected) in table {
+            assert_eq!(fields_of(NewUser::parse(body.clone())), expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn attributes_may_nest_eight_levels_but_not_nine() {
+        let nest = |levels: usize| (1..levels).fold(json!({"leaf": 1}), |inner, _| json!({ "a": inner }));
+        assert!(NewUser::parse(json!({"name": "A", "email": "a@example.com", "attributes": nest(8)})).is_ok());
+        assert_eq!(
+            fields_of(NewUser::parse(json!({"name": "A", "email": "a@example.com", "attributes": nest(9)}))),
+            ["attributes"]
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_refused_as_a_whole() {
+        for body in [json!([1, 2]), json!("x"), json!(null), json!(3)] {
+            assert_eq!(fields_of(NewUser::parse(body)), [""]);
+        }
+    }
+
+    #[test]
+    fn a_document_round_trips_through_a_message() {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
+        let doc = NewUser::parse(json!({"name": "Ada", "email": "a@example.com", "age": 36, "attributes": {"k": [1, {"x": null}]}}))
+            .unwrap()
+            .into_document(t);
+        let json: Value = serde_json::from_str(&doc.to_json()).unwrap();
+        assert_eq!(json["ingestedAt"], "2023-11-14T22:13:20.123456Z");
+        let back = UserDocument::from_message(json, "m-1", OffsetDateTime::UNIX_EPOCH).unwrap();
+        assert_eq!(back, doc);
+    }
+
+    #[test]
+    fn a_message_without_id_or_time_takes_them_from_the_message() {
+        let enqueued = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let a = UserDocument::from_message(json!({"name": "A", "email": "a@example.com"}), "msg-1", enqueued)
+            .unwrap();
+        let b = UserDocument::from_message(json!({"name": "A", "email": "a@example.com"}), "msg-1", enqueued)
+            .unwrap();
+        assert_eq!(a.id, b.id, "a redelivery must map to the same document");
+        assert_eq!(a.ingested_at, enqueued);
+        let c = UserDocument::from_message(json!({"name": "A", "email": "a@example.com"}), "msg-2", enqueued)
+            .unwrap();
+        assert_ne!(a.id, c.id);
+    }
+}

@@ -1,0 +1,31 @@
+//! data-ingestion-api: ingest user records over HTTP, decouple acceptance from storage
+//! through a topic, store them in a document database and serve them back by id.
+//!
+//! ```text
+//! POST /api/users ─▶ validate ─▶ publish (durable) ─▶ topic ─▶ consume ─▶ upsert ─▶ store
+//! GET  /api/users/{id} ──────────────────────────────────────────────▶ point read ─┘
+//! ```
+//!
+//! # Layout
+//! - [`config`]: every setting, from the environment, in one struct.
+//! - [`app`]: builds the backends and the router in one place; binds first; runs until stopped.
+//! - [`domain`]: the user record and its parsing; pure.
+//! - [`routes`]: one module per Functions function, and the API's one error type.
+//! - [`broker`]: the [`broker::Publisher`] trait and the embedded SQLite topic.
+//! - [`store`]: the [`store::UserStore`] trait and the embedded SQLite document store.
+//! - [`consume`]: the consume step shared by `POST /ingest-consume` and the worker.
+//! - [`worker`]: drains the embedded topic with retries and dead-lettering.
+//! - [`telemetry`]: JSON logs on stdout.
+//! - [`cli`]: the `import` command, the first real client.
+
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod consume;
+pub mod domain;
+pub mod routes;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

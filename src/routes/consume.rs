@@ -1,0 +1,185 @@
+//! `POST /ingest-consume` — the `ingest-consume` function: the Functions host's invocation
+//! for each Service Bus message.
+//!
+//! The host's contract: any non-2xx answer fails the invocation, so Service Bus delivers the
+//! message again and dead-letters it after the subscription's max delivery count. So a
+//! transient failure answers 503, and a message that can never succeed is parked in our own
+//! dead-letter store and answered 200: retrying it would only burn deliveries.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime};
+
+use super::problem::ApiError;
+use super::AppState;
+use crate::broker::DeadLetter;
+use crate::consume::{Delivery, MessageBody, Outcome};
+
+/// The binding name of the Service Bus trigger in `ingest-consume/function.json`.
+pub const BINDING: &str = "message";
+
+pub async fn consume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let invocation_id =
+        headers.get("x-azure-functions-invocationid").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let delivery = parse_invocation(&body, state.clock.now()).map_err(|why| {
+        tracing::error!(%invocation_id, reason = %why, "malformed invocation");
+        ApiError::InvalidInvocation(why)
+    })?;
+    let message_id = delivery.message_id.clone();
+
+    match state.consumer.process(&delivery).await {
+        Outcome::Stored { id, stale } => {
+            tracing::info!(%invocation_id, %message_id, user_id = %id, stale, "message stored");
+            let line = if stale {
+                format!("message {message_id}: a newer version of user {id} is stored already")
+            } else {
+                format!("message {message_id}: stored user {id}")
+            };
+            Ok(answer(line))
+        }
+        Outcome::Poison { reason } => {
+            let letter = DeadLetter {
+                message_id: message_id.clone(),
+                body: body_bytes(&delivery.body),
+                enqueued_at: delivery.enqueued_at,
+                delivery_count: delivery.delivery_count,
+                reason: reason.clone(),
+                source: "ingest-consume",
+            };
+            state.dead_letters.park(letter).await.map_err(|e| {
+                tracing::error!(%invocation_id, %message_id, error = %e, "cannot park a poison message; the host will retry");
+                ApiError::Unavailable { what: "dead-letter store", retry_after: e.retry_after() }
+            })?;
+            tracing::warn!(%invocation_id, %message_id, %reason, "message dead-lettered");
+            Ok(answer(format!("message {message_id}: dead-lettered: {reason}")))
+        }
+        Outcome::Transient(e) => {
+            // Logged here as well: the host drops the Logs of a failed invocation.
+            tracing::warn!(
+                %invocation_id, %message_id, delivery_count = delivery.delivery_count, error = %e,
+                "store unavailable; failing the invocation so the host retries"
+            );
+            Err(ApiError::Unavailable { what: "store", retry_after: e.retry_after() })
+        }
+    }
+}
+
+fn answer(log: String) -> Response {
+    axum::Json(json!({"Outputs": {}, "Logs": [log], "ReturnValue": null})).into_response()
+}
+
+fn body_bytes(body: &MessageBody) -> Vec<u8> {
+    match body {
+        MessageBody::Bytes(b) => b.clone(),
+        MessageBody::Json(Value::String(s)) => s.clone().into_bytes(),
+        MessageBody::Json(v) => v.to_string().into_bytes(),
+    }
+}
+
+/// Reads `{"Data": {"message": ...}, "Metadata": {...}}` as the host sends it.
+fn parse_invocation(body: &[u8], now: OffsetDateTime) -> Result<Delivery, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let Value::Object(mut top) = value else { return Err("not a JSON object".into()) };
+    let Some(Value::Object(mut data)) = top.remove("Data") else { return Err("no Data object".into()) };
+    let message = match data.remove(BINDING) {
+        Some(m) => m,
+        // A renamed binding still carries exactly one input.
+        None if data.len() == 1 => data.into_iter().next().map(|(_, v)| v).expect("one entry"),
+        None => return Err(format!("Data has no `{BINDING}` binding")),
+    };
+    let metadata = match top.remove("Metadata") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+
+    let message_id = text(&metadata, "MessageId").unwrap_or_else(|| {
+        // Without a MessageId, derive one from the body so a redelivery maps to the same one.
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, message.to_string().as_bytes()).to_string()
+    });
+    let enqueued_at = match text(&metadata, "EnqueuedTimeUtc") {
+        Some(raw) => parse_utc(&raw).ok_or_else(|| format!("EnqueuedTimeUtc {raw:?} is not a date-time"))?,
+        None => now,
+    };
+    let delivery_count = integer(&metadata, "DeliveryCount").unwrap_or(1).clamp(1, u32::MAX as i64) as u32;
+    let sequence = integer(&metadata, "SequenceNumber").unwrap_or(0);
+    Ok(Delivery { message_id, body: MessageBody::Json(message), enqueued_at, sequence, delivery_count })
+}
+
+/// A metadata string; the host JSON-encodes string values again, so unwrap one layer.
+fn text(metadata: &Map<String, Value>, key: &str) -> Option<String> {
+    let raw = match metadata.get(key)? {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    if raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"') {
+        if let Ok(Value::String(inner)) = serde_json::from_str(&raw) {
+            return Some(inner);
+        }
+    }
+    Some(raw)
+}
+
+/// Integers arrive as strings (`"DeliveryCount":"1"`) or as numbers.
+fn integer(metadata: &Map<String, Value>, key: &str) -> Option<i64> {
+    text(metadata, key)?.trim().parse().ok()
+}
+
+/// `2023-10-12T20:13:49` (no zone), with `Z`, or with an offset: all are UTC from the host.
+fn parse_utc(raw: &str) -> Option<OffsetDateTime> {
+    let raw = raw.trim();
+    if let Ok(t) = OffsetDateTime::parse(raw, &Rfc3339) {
+        return Some(t.to_offset(time::UtcOffset::UTC));
+    }
+    let local = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]");
+    PrimitiveDateTime::parse(raw, local).ok().map(PrimitiveDateTime::assume_utc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enqueued_time_is_utc_with_or_without_a_zone() {
+        let expected = OffsetDateTime::from_unix_timestamp(1_697_141_629).unwrap();
+        for raw in [
+            "2023-10-12T20:13:49",
+            "2023-10-12T20:13:49Z",
+            "2023-10-12T20:13:49+00:00",
+            "2023-10-12T22:13:49+02:00",
+        ] {
+            assert_eq!(parse_utc(raw), Some(expected), "{raw}");
+        }
+        assert_eq!(parse_utc("2023-10-12T20:13:49.5").unwrap().millisecond(), 500);
+        assert_eq!(parse_utc("yesterday"), None);
+    }
+
+    #[test]
+    fn metadata_strings_and_numbers_are_read_as_the_host_sends_them() {
+        let body = json!({
+            "Data": {"message": "{\"name\":\"A\",\"email\":\"a@example.com\"}"},
+            "Metadata": {"MessageId": "\"m-1\"", "DeliveryCount": "3", "SequenceNumber": 17, "EnqueuedTimeUtc": "2023-10-12T20:13:49"}
+        });
+        let d = parse_invocation(body.to_string().as_bytes(), OffsetDateTime::UNIX_EPOCH).unwrap();
+        assert_eq!(d.message_id, "m-1");
+        assert_eq!(d.delivery_count, 3);
+        assert_eq!(d.sequence, 17);
+        assert_eq!(d.enqueued_at.unix_timestamp(), 1_697_141_629);
+    }
+
+    #[test]
+    fn an_invocation_without_data_is_malformed() {
+        for body in ["", "[]", "{}", "{\"Data\": 1}", "{\"Data\": {\"a\": 1, \"b\": 2}}"] {
+            assert!(parse_invocation(body.as_bytes(), OffsetDateTime::UNIX_EPOCH).is_err(), "{body}");
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The API's one error type and its one mapping to HTTP: RFC 9457 problem details.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::domain::FieldError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("the user record is invalid")]
+    InvalidRecord(Vec<FieldError>),
+    #[error("the user id is invalid: {0}")]
+    InvalidUserId(&'static str),
+    #[error("the request body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the request body could not be read: {0}")]
+    BodyRead(String),
+    #[error("unsupported content type")]
+    UnsupportedMediaType { got: Option<String> },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("the {what} is unavailable")]
+    Unavailable { what: &'static str, retry_after: Duration },
+    #[error("the invocation is malformed: {0}")]
+    InvalidInvocation(String),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [FieldError]>,
+    #[serde(rename = "maxBytes", skip_serializing_if = "Option::is_none")]
+    max_bytes: Option<usize>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidJson(_)
+            | Self::InvalidRecord(_)
+            | Self::InvalidUserId(_)
+            | Self::InvalidInvocation(_) => StatusCode::BAD_REQUEST,
+            Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (kind, title, detail) = match &self {
+            Self::InvalidJson(why) => (
+                "/problems/invalid-json",
+                "Malformed JSON",
+                format!("The request body is not valid JSON: {why}."),
+            ),
+            Self::InvalidRecord(errors) => (
+                "/problems/invalid-record",
+                "Invalid user record",
+                format!("{} field(s) are invalid: {}.", errors.len(), field_list(errors)),
+            ),
+            Self::InvalidUserId(why) => {
+                ("/problems/invalid-user-id", "Invalid user id", format!("The user id {why}."))
+            }
+            Self::TooLarge { limit } => (
+                "/problems/too-large",
+                "Record too large",
+                format!("The request body is larger than the limit of {limit} bytes."),
+            ),
+            Self::BodyRead(why) => (
+                "/problems/body-read",
+                "Unreadable body",
+                format!("The request body could not be read: {why}."),
+            ),
+            Self::UnsupportedMediaType { got } => (
+                "/problems/unsupported-media-type",
+                "Unsupported media type",
+                format!(
+                    "The body must be sent as Content-Type: application/json, not {}.",
+                    got.as_deref().map_or("without a content type".to_owned(), |g| format!("{g:?}"))
+                ),
+            ),
+            Self::MethodNotAllowed => (
+                "/problems/method-not-allowed",
+                "Method not allowed",
+                "This resource does not support that method.".into(),
+            ),
+            Self::NotFound(what) => ("/problems/not-found", "Not found", format!("{what} was not found.")),
+            Self::Unavailable { what, retry_after } => (
+                "/problems/unavailable",
+                "Service unavailable",
+                format!(
+                    "The {what} is unavailable; nothing was accepted. Retry after {} s.",
+                    retry_after.as_secs().max(1)
+                ),
+            ),
+            Self::InvalidInvocation(why) => (
+                "/problems/invalid-invocation",
+                "Malformed invocation",
+                format!("The invocation payload is malformed: {why}."),
+            ),
+        };
+        let errors = match &self {
+            Self::InvalidRecord(errors) => Some(errors.as_slice()),
+            _ => None,
+        };
+        let max_bytes = match &self {
+            Self::TooLarge { limit } => Some(*limit),
+            _ => None,
+        };
+        let body =
+            serde_json::to_vec(&Problem { kind, title, status: status.as_u16(), detail, errors, max_bytes })
+                .expect("a problem always serializes");
+        let mut response =
+            (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response();
+        if let Self::Unavailable { retry_after, .. } = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+        }
+        response
+    }
+}
+
+fn field_list(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| if e.field.is_empty() { e.message.clone() } else { format!("{} {}", e.field, e.message) })
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,145 @@
+//! `SqliteUserStore`: the embedded document store, a table of JSON documents keyed by id in
+//! its own SQLite file (WAL), so that a lock on the store never stops the topic accepting.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{StoreError, StoredUser, UpsertOutcome, UserStore, WriteVersion};
+use crate::broker::BackendHealth;
+use crate::domain::{UserDocument, UserId};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    id              TEXT PRIMARY KEY,
+    doc             TEXT NOT NULL,
+    etag            TEXT NOT NULL,
+    ingested_at_ns  INTEGER NOT NULL,
+    sequence        INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// How long a write waits for a lock before it counts as unavailable.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+const READERS: usize = 4;
+
+pub struct SqliteUserStore {
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+}
+
+impl SqliteUserStore {
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let writer = open_connection(path)?;
+        writer.execute_batch(SCHEMA)?;
+        let readers =
+            (0..READERS).map(|_| open_connection(path).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers: Arc::new(readers) })
+    }
+
+    /// How many users are stored.
+    pub async fn count(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT COUNT(*) FROM users")?.query_row([], |r| r.get::<_, i64>(0))
+        })
+        .await
+        .map(|n| n as u64)
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            // Take the first free reader; if all are busy, wait for one picked by thread.
+            let conn = readers.iter().find_map(|r| r.try_lock().ok()).unwrap_or_else(|| {
+                let i = thread_index() % readers.len();
+                readers[i].lock().unwrap_or_else(|p| p.into_inner())
+            });
+            f(&conn).map_err(unavailable)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable { reason: e.to_string(), retry_after: RETRY_AFTER })?
+    }
+}
+
+#[async_trait]
+impl UserStore for SqliteUserStore {
+    async fn upsert(&self, doc: &UserDocument, version: &WriteVersion) -> Result<UpsertOutcome, StoreError> {
+        let id = doc.id.as_str().to_owned();
+        let json = doc.to_json();
+        let ingested_at_ns = doc.ingested_at.unix_timestamp_nanos() as i64;
+        let etag = version.message_id.clone();
+        let sequence = version.sequence;
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            // Conditional: a redelivered OLD message must never overwrite a newer version.
+            let changed = conn
+                .prepare_cached(
+                    "INSERT INTO users (id, doc, etag, ingested_at_ns, sequence) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, etag = excluded.etag,
+                         ingested_at_ns = excluded.ingested_at_ns, sequence = excluded.sequence
+                     WHERE excluded.ingested_at_ns > users.ingested_at_ns
+                        OR (excluded.ingested_at_ns = users.ingested_at_ns AND excluded.sequence >= users.sequence)",
+                )?
+                .execute(params![id, json, etag, ingested_at_ns, sequence])?;
+            Ok(if changed == 1 { UpsertOutcome::Written } else { UpsertOutcome::Stale })
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable { reason: e.to_string(), retry_after: RETRY_AFTER })?
+        .map_err(unavailable)
+    }
+
+    async fn get(&self, id: &UserId) -> Result<Option<StoredUser>, StoreError> {
+        let id = id.as_str().to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT doc, etag FROM users WHERE id = ?1")?
+                .query_row([id], |row| Ok(StoredUser { json: row.get(0)?, etag: row.get(1)? }))
+                .optional()
+        })
+        .await
+    }
+
+    async fn health(&self) -> BackendHealth {
+        let mut details = serde_json::Map::new();
+        details.insert("kind".into(), "sqlite".into());
+        match self.count().await {
+            Ok(n) => {
+                details.insert("documents".into(), n.into());
+                BackendHealth { up: true, details }
+            }
+            Err(e) => {
+                details.insert("error".into(), e.to_string().into());
+                BackendHealth { up: false, details }
+            }
+        }
+    }
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable { reason: e.to_string(), retry_after: RETRY_AFTER }
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // The queue holds every message until its document is committed here, so the store
+    // could sync less often; it stays FULL so a GET never sees a document a crash takes back.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn thread_index() -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::thread::current().id().hash(&mut h);
+    h.finish() as usize
+}

@@ -1,0 +1,161 @@
+//! The embedded subscription's consumer: drains [`SqliteQueue`] through the same
+//! [`Consumer`] that `POST /ingest-consume` uses.
+//!
+//! Semantics, as Service Bus gives them in Azure: at-least-once (a message leaves the queue
+//! only after its document is committed), retries with exponential backoff on transient
+//! failures, dead-lettering after `max_delivery_count` attempts, and immediate parking of a
+//! message that can never succeed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{QueuedMessage, Settlement, SqliteQueue};
+use crate::consume::{Consumer, Delivery, MessageBody, Outcome};
+
+const BATCH: usize = 256;
+/// How long the worker sleeps when nothing is visible and nobody publishes.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub max_delivery_count: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+impl WorkerConfig {
+    /// The delay before delivery `n + 1` after `n` failed ones: base × 2^(n-1), capped.
+    pub fn backoff(&self, failed_deliveries: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failed_deliveries.saturating_sub(1).min(20));
+        self.retry_base.saturating_mul(factor).min(self.retry_max)
+    }
+}
+
+/// Runs until `shutdown` fires, then returns after settling the batch in hand.
+pub async fn run(
+    queue: Arc<SqliteQueue>,
+    consumer: Consumer,
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) {
+    tracing::info!("worker started");
+    let mut failures_in_a_row = 0u32;
+    while !shutdown.is_cancelled() {
+        let batch = match queue.receive(BATCH).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                failures_in_a_row += 1;
+                tracing::error!(error = %e, "worker cannot read the queue");
+                pause(config.backoff(failures_in_a_row), &shutdown).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            wait_for_work(&queue, &shutdown).await;
+            continue;
+        }
+        let mut settlements = Vec::with_capacity(batch.len());
+        let mut transient = false;
+        for message in batch {
+            let settlement = handle(&consumer, &config, message).await;
+            transient |= matches!(settlement, Settlement::Retry { .. });
+            settlements.push(settlement);
+            // The store is failing: stop hammering it, leave the rest of the batch queued.
+            if transient {
+                break;
+            }
+        }
+        if let Err(e) = queue.settle(settlements).await {
+            tracing::error!(error = %e, "worker cannot settle its batch; the messages will be delivered again");
+            transient = true;
+        }
+        if transient {
+            failures_in_a_row += 1;
+            pause(config.backoff(failures_in_a_row), &shutdown).await;
+        } else {
+            failures_in_a_row = 0;
+        }
+    }
+    tracing::info!("worker stopped");
+}
+
+async fn handle(consumer: &Consumer, config: &WorkerConfig, message: QueuedMessage) -> Settlement {
+    let delivery = Delivery {
+        message_id: message.message_id,
+        body: MessageBody::Bytes(message.body),
+        enqueued_at: message.enqueued_at,
+        sequence: message.sequence,
+        delivery_count: message.delivery_count,
+    };
+    let sequence = delivery.sequence;
+    match consumer.process(&delivery).await {
+        Outcome::Stored { id, stale } => {
+            tracing::info!(message_id = %delivery.message_id, user_id = %id, stale, "message stored");
+            Settlement::Complete { sequence }
+        }
+        Outcome::Poison { reason } => {
+            tracing::warn!(message_id = %delivery.message_id, %reason, "message dead-lettered");
+            Settlement::DeadLetter { sequence, reason }
+        }
+        Outcome::Transient(e) if delivery.delivery_count >= config.max_delivery_count => {
+            let reason = format!("max delivery count {} reached; last error: {e}", config.max_delivery_count);
+            tracing::error!(message_id = %delivery.message_id, %reason, "message dead-lettered");
+            Settlement::DeadLetter { sequence, reason }
+        }
+        Outcome::Transient(e) => {
+            let delay = config.backoff(delivery.delivery_count).max(e.retry_after().min(config.retry_max));
+            tracing::warn!(
+                message_id = %delivery.message_id, delivery_count = delivery.delivery_count,
+                retry_in_ms = delay.as_millis() as u64, error = %e, "message will be retried"
+            );
+            Settlement::Retry {
+                sequence,
+                visible_at: OffsetDateTime::now_utc() + delay,
+                error: e.to_string(),
+            }
+        }
+    }
+}
+
+async fn wait_for_work(queue: &SqliteQueue, shutdown: &CancellationToken) {
+    let wait = match queue.next_visible_at().await {
+        Ok(Some(at)) => {
+            let ms =
+                (at - OffsetDateTime::now_utc()).whole_milliseconds().clamp(1, IDLE_POLL.as_millis() as i128);
+            Duration::from_millis(ms as u64)
+        }
+        _ => IDLE_POLL,
+    };
+    tokio::select! {
+        _ = queue.published() => {}
+        _ = tokio::time::sleep(wait) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+async fn pause(delay: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_and_stops_at_the_cap() {
+        let c = WorkerConfig {
+            max_delivery_count: 10,
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(1),
+        };
+        let delays: Vec<u64> = (1..=6).map(|n| c.backoff(n).as_millis() as u64).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(c.backoff(u32::MAX), Duration::from_secs(1));
+    }
+}
