@@ -1,0 +1,213 @@
+//! The consume step: the Functions host's invocations of `/ingest-consume`, and the embedded
+//! worker's retries and dead-lettering, against the real binary.
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine;
+use data_ingestion_api::broker::{OutgoingMessage, Publisher, SqliteQueue};
+use serde_json::{json, Value};
+use support::{blocking_client, dead_letters, eventually, stored, wait_for_user, TestServer};
+
+fn invoke(client: &reqwest::blocking::Client, server: &TestServer, payload: &Value) -> (u16, Value) {
+    let r = client
+        .post(server.url("/ingest-consume"))
+        .header("content-type", "application/json")
+        .header("x-azure-functions-invocationid", "inv-0001")
+        .body(payload.to_string())
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.json().unwrap_or(Value::Null))
+}
+
+fn host_payload(message: Value, message_id: &str, enqueued: &str) -> Value {
+    json!({
+        "Data": {"message": message},
+        "Metadata": {
+            "MessageId": message_id, "DeliveryCount": "1", "EnqueuedTimeUtc": enqueued,
+            "SequenceNumber": "42", "ContentType": "application/json",
+            "UserProperties": {"schemaVersion": "1"}, "sys": {"MethodName": "ingest-consume"}
+        }
+    })
+}
+
+#[test]
+fn a_message_in_every_host_encoding_is_stored_and_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[("INGEST_WORKER", "off")]);
+    let client = blocking_client();
+    let record =
+        |id: &str| json!({"id": id, "name": "Chidi Anagonye", "email": "chidi@example.com", "age": 33});
+    let b64 = |v: &Value| base64::engine::general_purpose::STANDARD.encode(v.to_string());
+    let cases = [
+        ("object", record("enc-object"), "2023-10-12T20:13:49"),
+        ("once", Value::String(record("enc-once").to_string()), "2023-10-12T20:13:49Z"),
+        (
+            "twice",
+            Value::String(Value::String(record("enc-twice").to_string()).to_string()),
+            "2023-10-12T20:13:49+00:00",
+        ),
+        ("base64", Value::String(b64(&record("enc-base64"))), "2023-10-12T20:13:49.000"),
+    ];
+    for (name, message, enqueued) in cases {
+        let (status, answer) =
+            invoke(&client, &server, &host_payload(message, &format!("msg-{name}"), enqueued));
+        assert_eq!(status, 200, "{name}: {answer}");
+        assert!(answer["Logs"][0].as_str().unwrap().contains("stored"), "{name}: {answer}");
+        assert!(answer.get("Outputs").is_some() && answer.get("ReturnValue").is_some());
+        let doc = wait_for_user(&client, &server, &format!("enc-{name}"), Duration::from_secs(5));
+        assert_eq!(doc["name"], "Chidi Anagonye");
+        // The record had no ingestedAt: the enqueue time stands in, read as UTC whatever its form.
+        assert_eq!(doc["ingestedAt"], "2023-10-12T20:13:49Z", "{name}");
+    }
+}
+
+#[test]
+fn the_same_message_delivered_twice_makes_one_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[("INGEST_WORKER", "off")]);
+    let client = blocking_client();
+    // No id in the message: the id is derived from the MessageId, so a redelivery lands on
+    // the same document instead of creating a second one.
+    let payload = host_payload(
+        json!({"name": "Eleanor Shellstrop", "email": "el@example.com"}),
+        "dup-1",
+        "2024-01-01T00:00:00Z",
+    );
+    let (s1, a1) = invoke(&client, &server, &payload);
+    let (s2, a2) = invoke(&client, &server, &payload);
+    assert_eq!((s1, s2), (200, 200), "{a1} {a2}");
+    assert_eq!(stored(dir.path()), 1);
+    let etag = |id: &str| {
+        client.get(server.url(&format!("/api/users/{id}"))).send().unwrap().headers()["etag"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let id = a1["Logs"][0].as_str().unwrap().rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(etag(&id), "\"dup-1\"");
+}
+
+#[test]
+fn an_older_message_never_overwrites_a_newer_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[("INGEST_WORKER", "off")]);
+    let client = blocking_client();
+    let version = |name: &str, at: &str| json!({"id": "ooo-1", "name": name, "email": "o@example.com", "ingestedAt": at});
+    let newer = host_payload(version("Newer", "2024-05-01T10:00:00Z"), "m-new", "2024-05-01T10:00:00Z");
+    let older = host_payload(version("Older", "2024-05-01T09:00:00Z"), "m-old", "2024-05-01T09:00:00Z");
+    assert_eq!(invoke(&client, &server, &newer).0, 200);
+    let (status, answer) = invoke(&client, &server, &older);
+    assert_eq!(status, 200, "a stale message is settled, not retried: {answer}");
+    assert_eq!(wait_for_user(&client, &server, "ooo-1", Duration::from_secs(5))["name"], "Newer");
+}
+
+#[test]
+fn a_poison_message_is_parked_with_its_reason_and_answered_2xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[("INGEST_WORKER", "off")]);
+    let client = blocking_client();
+    let cases = [
+        ("p-notjson", json!("this is not json")),
+        ("p-invalid", json!({"name": "", "email": "bad"})),
+        ("p-array", json!([1, 2, 3])),
+    ];
+    for (id, message) in &cases {
+        let (status, answer) =
+            invoke(&client, &server, &host_payload(message.clone(), id, "2024-01-01T00:00:00Z"));
+        assert_eq!(status, 200, "{id}: {answer}");
+        assert!(answer["Logs"][0].as_str().unwrap().contains("dead-lettered"), "{answer}");
+    }
+    let letters = dead_letters(dir.path());
+    assert_eq!(
+        letters.iter().map(|l| l.0.as_str()).collect::<Vec<_>>(),
+        ["p-notjson", "p-invalid", "p-array"]
+    );
+    assert!(letters[1].1.contains("name") && letters[1].1.contains("email"), "{:?}", letters[1]);
+    assert!(letters.iter().all(|l| l.3 == "ingest-consume"));
+    assert_eq!(stored(dir.path()), 0);
+
+    // A malformed invocation (not a message problem) fails so the host retries it.
+    let (status, body) = invoke(&client, &server, &json!({"Metadata": {}}));
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn the_worker_parks_a_poison_message_and_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    let client = blocking_client();
+    // Another producer puts garbage on the topic, then a good record behind it.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let queue = SqliteQueue::open(&dir.path().join("queue.db")).unwrap();
+        let message = |id: &str, body: &str| OutgoingMessage {
+            message_id: id.into(),
+            correlation_id: None,
+            body: body.into(),
+        };
+        queue
+            .publish(vec![
+                message("poison-1", "{\"name\": 42}"),
+                message("poison-2", "\u{1}binary"),
+                message("good-1", r#"{"id":"after-poison","name":"Tahani","email":"t@example.com"}"#),
+            ])
+            .await
+            .unwrap();
+    });
+    wait_for_user(&client, &server, "after-poison", Duration::from_secs(10));
+    let letters = dead_letters(dir.path());
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(
+        letters.iter().all(|l| l.3 == "worker" && l.2 == 1),
+        "poison is parked on its first delivery: {letters:?}"
+    );
+    assert!(letters[0].1.contains("name"), "{letters:?}");
+    eventually("the queue is empty", Duration::from_secs(5), || support::queued(dir.path()) == 0);
+}
+
+/// Holds the store's write lock, as another process or a stuck writer would.
+fn lock_store(dir: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(dir.join("users.db")).unwrap();
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    conn
+}
+
+#[test]
+fn the_worker_retries_a_transient_failure_and_stores_once_the_store_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[("MAX_DELIVERY_COUNT", "10")]);
+    let client = blocking_client();
+    let lock = lock_store(dir.path());
+    let (status, _) =
+        post_user(&client, &server, r#"{"id":"while-locked","name":"Jason","email":"j@example.com"}"#);
+    assert_eq!(status, 202, "the topic accepts while the store is down");
+    eventually("a retry is logged", Duration::from_secs(10), || {
+        server.logs().contains("message will be retried")
+    });
+    assert_eq!(client.get(server.url("/api/users/while-locked")).send().unwrap().status(), 404);
+    drop(lock);
+    wait_for_user(&client, &server, "while-locked", Duration::from_secs(15));
+    assert!(dead_letters(dir.path()).is_empty());
+}
+
+#[test]
+fn a_message_that_keeps_failing_is_dead_lettered_after_the_max_delivery_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[("MAX_DELIVERY_COUNT", "3")]);
+    let client = blocking_client();
+    let _lock = lock_store(dir.path());
+    let (status, _) =
+        post_user(&client, &server, r#"{"id":"never-stored","name":"Michael","email":"m@example.com"}"#);
+    assert_eq!(status, 202);
+    eventually("the message is dead-lettered", Duration::from_secs(30), || {
+        !dead_letters(dir.path()).is_empty()
+    });
+    let letters = dead_letters(dir.path());
+    assert_eq!(letters[0].2, 3, "{letters:?}");
+    assert!(letters[0].1.contains("max delivery count 3"), "{letters:?}");
+    assert_eq!(support::queued(dir.path()), 0);
+}
+
+use support::post_user;
