@@ -50,33 +50,65 @@ impl Consumer {
         Self { store }
     }
 
+    /// Processes one message: what `POST /ingest-consume` does per invocation.
     pub async fn process(&self, delivery: &Delivery) -> Outcome {
-        let value = match decode(&delivery.body) {
-            Ok(value) => value,
-            Err(reason) => return Outcome::Poison { reason },
-        };
-        let doc = match UserDocument::from_message(value, &delivery.message_id, delivery.enqueued_at) {
-            Ok(doc) => doc,
-            Err(errors) => {
-                let fields: Vec<String> = errors
-                    .iter()
-                    .map(|e| {
-                        if e.field.is_empty() {
-                            e.message.clone()
-                        } else {
-                            format!("{}: {}", e.field, e.message)
-                        }
-                    })
-                    .collect();
-                return Outcome::Poison { reason: format!("invalid user record: {}", fields.join("; ")) };
-            }
-        };
-        let version = WriteVersion { message_id: delivery.message_id.clone(), sequence: delivery.sequence };
-        match self.store.upsert(&doc, &version).await {
-            Ok(outcome) => Outcome::Stored { id: doc.id, stale: outcome == UpsertOutcome::Stale },
-            Err(e) => Outcome::Transient(e),
-        }
+        self.process_batch(std::slice::from_ref(delivery)).await.pop().expect("one outcome per delivery")
     }
+
+    /// Processes messages in order, writing every valid one in ONE store operation; returns
+    /// one outcome per delivery, in the same order.
+    pub async fn process_batch(&self, deliveries: &[Delivery]) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(deliveries.len());
+        let mut writes = Vec::new();
+        let mut slots = Vec::new();
+        for (i, delivery) in deliveries.iter().enumerate() {
+            match check(delivery) {
+                Ok(doc) => {
+                    let version =
+                        WriteVersion { message_id: delivery.message_id.clone(), sequence: delivery.sequence };
+                    writes.push((doc, version));
+                    slots.push(i);
+                    outcomes.push(None);
+                }
+                Err(reason) => outcomes.push(Some(Outcome::Poison { reason })),
+            }
+        }
+        if !writes.is_empty() {
+            let ids: Vec<UserId> = writes.iter().map(|(doc, _)| doc.id.clone()).collect();
+            match self.store.upsert_batch(writes).await {
+                Ok(results) => {
+                    for ((slot, id), result) in slots.into_iter().zip(ids).zip(results) {
+                        outcomes[slot] = Some(Outcome::Stored { id, stale: result == UpsertOutcome::Stale });
+                    }
+                }
+                Err(e) => {
+                    for slot in slots {
+                        outcomes[slot] = Some(Outcome::Transient(e.clone()));
+                    }
+                }
+            }
+        }
+        outcomes.into_iter().map(|o| o.expect("every delivery has an outcome")).collect()
+    }
+}
+
+/// Decodes and checks a message again: the topic may carry messages from other producers.
+fn check(delivery: &Delivery) -> Result<UserDocument, String> {
+    let value = decode(&delivery.body)?;
+    UserDocument::from_message(value, &delivery.message_id, delivery.enqueued_at).map_err(|errors| {
+        let fields: Vec<String> =
+            errors
+                .iter()
+                .map(|e| {
+                    if e.field.is_empty() {
+                        e.message.clone()
+                    } else {
+                        format!("{}: {}", e.field, e.message)
+                    }
+                })
+                .collect();
+        format!("invalid user record: {}", fields.join("; "))
+    })
 }
 
 /// How many times a body may be wrapped in a JSON string before we give up.

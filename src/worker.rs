@@ -57,17 +57,18 @@ pub async fn run(
             wait_for_work(&queue, &shutdown).await;
             continue;
         }
-        let mut settlements = Vec::with_capacity(batch.len());
+        let deliveries: Vec<Delivery> = batch.into_iter().map(delivery).collect();
+        let outcomes = consumer.process_batch(&deliveries).await;
         let mut transient = false;
-        for message in batch {
-            let settlement = handle(&consumer, &config, message).await;
-            transient |= matches!(settlement, Settlement::Retry { .. });
-            settlements.push(settlement);
-            // The store is failing: stop hammering it, leave the rest of the batch queued.
-            if transient {
-                break;
-            }
-        }
+        let settlements: Vec<Settlement> = deliveries
+            .iter()
+            .zip(outcomes)
+            .map(|(d, outcome)| {
+                let settlement = settle(&config, d, outcome);
+                transient |= matches!(settlement, Settlement::Retry { .. });
+                settlement
+            })
+            .collect();
         if let Err(e) = queue.settle(settlements).await {
             tracing::error!(error = %e, "worker cannot settle its batch; the messages will be delivered again");
             transient = true;
@@ -82,16 +83,19 @@ pub async fn run(
     tracing::info!("worker stopped");
 }
 
-async fn handle(consumer: &Consumer, config: &WorkerConfig, message: QueuedMessage) -> Settlement {
-    let delivery = Delivery {
+fn delivery(message: QueuedMessage) -> Delivery {
+    Delivery {
         message_id: message.message_id,
         body: MessageBody::Bytes(message.body),
         enqueued_at: message.enqueued_at,
         sequence: message.sequence,
         delivery_count: message.delivery_count,
-    };
+    }
+}
+
+fn settle(config: &WorkerConfig, delivery: &Delivery, outcome: Outcome) -> Settlement {
     let sequence = delivery.sequence;
-    match consumer.process(&delivery).await {
+    match outcome {
         Outcome::Stored { id, stale } => {
             tracing::info!(message_id = %delivery.message_id, user_id = %id, stale, "message stored");
             Settlement::Complete { sequence }

@@ -111,6 +111,8 @@ fn an_accepted_record_is_answered_202_with_its_location_and_then_readable_with_a
         assert_eq!(body, json!({"id": "usr-ada", "status": "accepted"}));
     }
 
+    // Both POSTs were accepted; wait until both messages are consumed so the version is final.
+    support::eventually("the queue drains", Duration::from_secs(10), || support::queued(dir.path()) == 0);
     let doc = wait_for_user(&client, &server, "usr-ada", Duration::from_secs(10));
     let ingested_at = doc["ingestedAt"].as_str().expect("ingestedAt").to_owned();
     let mut without_time = doc.clone();

@@ -317,8 +317,11 @@ impl Progress {
         let bar = (!quiet && terminal).then(|| {
             let bar = ProgressBar::new(total as u64);
             bar.set_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} ETA {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template("{bar:40} {pos}/{len} {rate} ETA {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.0} records/s", state.per_sec());
+                    }),
             );
             bar
         });

@@ -5,7 +5,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use super::problem::ApiError;
@@ -59,24 +59,44 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Reads at most `limit` bytes: a declared length over the limit is refused before reading,
-/// and a chunked body is cut off as soon as it passes the limit.
+/// Past the limit, how much more of a body is read and thrown away so the client, still
+/// sending, gets the 413 instead of a connection reset. Beyond this the connection is cut.
+const DRAIN_CAP: u64 = 1024 * 1024;
+
+/// Reads at most `limit` bytes into memory: a body over the limit is refused without being
+/// buffered (its excess is discarded as it arrives, up to [`DRAIN_CAP`]).
 async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let mut body = body;
     if declared.is_some_and(|n| n > limit as u64) {
+        if declared.is_some_and(|n| n <= DRAIN_CAP) {
+            drain(&mut body, DRAIN_CAP).await;
+        }
         return Err(ApiError::TooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge { limit }),
-        Err(e) => {
-            // An axum length-limit error may arrive wrapped in its own body error type.
-            let text = e.to_string();
-            if text.contains("length limit") {
-                Err(ApiError::TooLarge { limit })
-            } else {
-                Err(ApiError::BodyRead(text))
+    let mut buffer = bytes::BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buffer.len() + data.len() > limit {
+                drain(&mut body, DRAIN_CAP).await;
+                return Err(ApiError::TooLarge { limit });
+            }
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Ok(buffer.freeze())
+}
+
+/// Reads and drops up to `cap` bytes of what is left of a body.
+async fn drain(body: &mut Body, cap: u64) {
+    let mut seen = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            seen += data.len() as u64;
+            if seen > cap {
+                return;
             }
         }
     }

@@ -72,25 +72,41 @@ impl SqliteUserStore {
 #[async_trait]
 impl UserStore for SqliteUserStore {
     async fn upsert(&self, doc: &UserDocument, version: &WriteVersion) -> Result<UpsertOutcome, StoreError> {
-        let id = doc.id.as_str().to_owned();
-        let json = doc.to_json();
-        let ingested_at_ns = doc.ingested_at.unix_timestamp_nanos() as i64;
-        let etag = version.message_id.clone();
-        let sequence = version.sequence;
+        let mut outcomes = self.upsert_batch(vec![(doc.clone(), version.clone())]).await?;
+        Ok(outcomes.pop().expect("one outcome per write"))
+    }
+
+    async fn upsert_batch(
+        &self,
+        writes: Vec<(UserDocument, WriteVersion)>,
+    ) -> Result<Vec<UpsertOutcome>, StoreError> {
         let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
-            // Conditional: a redelivered OLD message must never overwrite a newer version.
-            let changed = conn
-                .prepare_cached(
+            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = conn.transaction()?;
+            let mut outcomes = Vec::with_capacity(writes.len());
+            {
+                // Conditional: a redelivered OLD message must never overwrite a newer version.
+                let mut upsert = tx.prepare_cached(
                     "INSERT INTO users (id, doc, etag, ingested_at_ns, sequence) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, etag = excluded.etag,
                          ingested_at_ns = excluded.ingested_at_ns, sequence = excluded.sequence
                      WHERE excluded.ingested_at_ns > users.ingested_at_ns
                         OR (excluded.ingested_at_ns = users.ingested_at_ns AND excluded.sequence >= users.sequence)",
-                )?
-                .execute(params![id, json, etag, ingested_at_ns, sequence])?;
-            Ok(if changed == 1 { UpsertOutcome::Written } else { UpsertOutcome::Stale })
+                )?;
+                for (doc, version) in &writes {
+                    let changed = upsert.execute(params![
+                        doc.id.as_str(),
+                        doc.to_json(),
+                        version.message_id,
+                        doc.ingested_at.unix_timestamp_nanos() as i64,
+                        version.sequence
+                    ])?;
+                    outcomes.push(if changed == 1 { UpsertOutcome::Written } else { UpsertOutcome::Stale });
+                }
+            }
+            tx.commit()?;
+            Ok(outcomes)
         })
         .await
         .map_err(|e| StoreError::Unavailable { reason: e.to_string(), retry_after: RETRY_AFTER })?

@@ -34,7 +34,7 @@ pub enum UpsertOutcome {
     Stale,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Down, locked, throttled or timed out: worth trying again later.
     #[error("the store is unavailable: {reason}")]
@@ -54,6 +54,17 @@ pub trait UserStore: Send + Sync {
     /// Inserts or replaces the user, unless the store holds a newer version already.
     /// Idempotent: the same document and version written twice leave one document.
     async fn upsert(&self, doc: &UserDocument, version: &WriteVersion) -> Result<UpsertOutcome, StoreError>;
+    /// Upserts many users; all or nothing where the store can, one outcome per write in order.
+    async fn upsert_batch(
+        &self,
+        writes: Vec<(UserDocument, WriteVersion)>,
+    ) -> Result<Vec<UpsertOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for (doc, version) in &writes {
+            outcomes.push(self.upsert(doc, version).await?);
+        }
+        Ok(outcomes)
+    }
     /// A point read by id.
     async fn get(&self, id: &UserId) -> Result<Option<StoredUser>, StoreError>;
     async fn health(&self) -> BackendHealth;
