@@ -3,20 +3,26 @@
 //! Order matters: the listener is bound first, because the Functions host polls `GET /` for
 //! readiness while the backends are still being opened.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use axum::Router;
+use tower::ServiceExt;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::SqliteQueue;
+use crate::broker::{ServiceBusPublisher, SqliteQueue};
 use crate::clock::SystemClock;
 use crate::config::{Backend, Config};
 use crate::consume::Consumer;
 use crate::routes::{self, AppState};
-use crate::store::SqliteUserStore;
+use crate::store::{CosmosStores, SqliteUserStore};
 use crate::worker::{self, WorkerConfig};
 
 /// The file names of the embedded backend under `DATA_DIR`.
@@ -55,8 +61,40 @@ pub fn open_embedded(config: &Config) -> anyhow::Result<Embedded> {
     Ok(Embedded { state, queue })
 }
 
-/// Binds, opens the backends, serves until `shutdown` resolves, then drains: in-flight
-/// requests finish (up to the grace period) and the worker settles the batch in hand.
+/// What `build` opened: the state for the router, and the embedded queue for the worker.
+pub struct Backends {
+    pub state: AppState,
+    pub queue: Option<Arc<SqliteQueue>>,
+}
+
+/// Builds the backends the configuration names. Errors name the setting at fault.
+pub async fn build(config: &Config) -> anyhow::Result<Backends> {
+    match &config.backend {
+        Backend::Embedded => {
+            let Embedded { state, queue } = open_embedded(config)?;
+            Ok(Backends { state, queue: Some(queue) })
+        }
+        Backend::Azure(Err(why)) => Err(anyhow::anyhow!("invalid Azure configuration: {why}")),
+        Backend::Azure(Ok(azure)) => {
+            let publisher = Arc::new(ServiceBusPublisher::new(&azure.servicebus)?);
+            let cosmos = CosmosStores::connect(&azure.cosmos).await?;
+            let state = AppState {
+                publisher,
+                store: cosmos.users.clone(),
+                dead_letters: cosmos.dead_letters.clone(),
+                consumer: Consumer::new(cosmos.users),
+                clock: Arc::new(SystemClock),
+                max_record_bytes: config.max_record_bytes,
+                backend: "azure",
+            };
+            Ok(Backends { state, queue: None })
+        }
+    }
+}
+
+/// Binds, serves `GET /` at once (the host's readiness probe) while the backends open,
+/// then serves the API until `shutdown` resolves, then drains: in-flight requests finish
+/// (up to the grace period) and the worker settles the batch in hand.
 pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -66,32 +104,54 @@ pub async fn serve(
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "listening");
 
-    let Backend::Embedded = config.backend;
-    let Embedded { state, queue } = open_embedded(&config)?;
-    tracing::info!(backend = state.backend, data_dir = %config.data_dir.display(), "backends ready");
-
     let stop = CancellationToken::new();
-    let worker = config.worker.then(|| {
-        let worker_config = WorkerConfig {
-            max_delivery_count: config.max_delivery_count,
-            retry_base: config.retry_base,
-            retry_max: config.retry_max,
-        };
-        tokio::spawn(worker::run(queue.clone(), state.consumer.clone(), worker_config, stop.clone()))
-    });
-
+    let api: Arc<OnceLock<Router>> = Arc::new(OnceLock::new());
+    let server = tokio::spawn(
+        axum::serve(listener, gate(api.clone()))
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
     let signalled = stop.clone();
-    let server = axum::serve(listener, routes::router(state)).with_graceful_shutdown(async move {
+    tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
         signalled.cancel();
     });
+
+    let backends = match build(&config).await {
+        Ok(backends) => backends,
+        Err(e) => {
+            stop.cancel();
+            let _ = server.await;
+            return Err(e);
+        }
+    };
+    tracing::info!(backend = backends.state.backend, "backends ready");
+    let worker = match (&backends.queue, config.worker) {
+        (Some(queue), true) => {
+            let worker_config = WorkerConfig {
+                max_delivery_count: config.max_delivery_count,
+                retry_base: config.retry_base,
+                retry_max: config.retry_max,
+            };
+            Some(tokio::spawn(worker::run(
+                queue.clone(),
+                backends.state.consumer.clone(),
+                worker_config,
+                stop.clone(),
+            )))
+        }
+        _ => None,
+    };
+    let _ = api.set(routes::router(backends.state));
+
+    stop.cancelled().await;
     let grace = config.shutdown_grace;
-    let expired = stop.clone();
-    tokio::select! {
-        result = server => result.context("the HTTP server failed")?,
-        _ = async move { expired.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests outlived the grace period");
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(result)) => result.context("the HTTP server failed")?,
+        Ok(Err(e)) => return Err(anyhow::anyhow!("the HTTP server task failed: {e}")),
+        Err(_) => {
+            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests outlived the grace period")
         }
     }
     if let Some(worker) = worker {
@@ -99,6 +159,25 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Until the API is ready, `GET /` answers 200 (the host's readiness probe: the process is
+/// up) and everything else 503 with Retry-After.
+fn gate(api: Arc<OnceLock<Router>>) -> Router {
+    Router::new().fallback_service(tower::service_fn(move |request: Request| {
+        let api = api.clone();
+        async move {
+            match api.get() {
+                Some(router) => router.clone().oneshot(request).await,
+                None if request.uri().path() == "/" => Ok("data-ingestion-api starting\n".into_response()),
+                None => Ok(routes::problem::ApiError::Unavailable {
+                    what: "service (still starting)",
+                    retry_after: Duration::from_secs(1),
+                }
+                .into_response()),
+            }
+        }
+    }))
 }
 
 /// Resolves on SIGTERM (what the host and systemd send) or Ctrl-C.

@@ -32,7 +32,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "INGEST_BACKEND",
         default: "embedded",
-        description: "`embedded`: SQLite queue and store under DATA_DIR.",
+        description: "`embedded`: SQLite queue and store under DATA_DIR; `azure`: Service Bus and Cosmos DB.",
     },
     Setting {
         name: "DATA_DIR",
@@ -74,12 +74,175 @@ pub const SETTINGS: &[Setting] = &[
         default: "info",
         description: "Log filter (tracing `EnvFilter` syntax); logs are JSON lines on stdout.",
     },
+    Setting {
+        name: "SERVICEBUS_CONNECTION_STRING",
+        default: "",
+        description: "azure: a send-only Service Bus connection string (`Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=…[;EntityPath=topic]`).",
+    },
+    Setting {
+        name: "SERVICEBUS_TOPIC",
+        default: "",
+        description: "azure: the topic to publish to; may be left out when the connection string has an EntityPath.",
+    },
+    Setting {
+        name: "SERVICEBUS_ENDPOINT",
+        default: "",
+        description: "azure: another base URL for the Service Bus REST API (a local peer in tests); default `https://{namespace}.servicebus.windows.net`.",
+    },
+    Setting { name: "SERVICEBUS_TIMEOUT_MS", default: "5000", description: "azure: timeout of one send to Service Bus." },
+    Setting {
+        name: "SERVICEBUS_MAX_ATTEMPTS",
+        default: "3",
+        description: "azure: sends of one message on 5xx, 429 or timeout before the POST answers 503.",
+    },
+    Setting {
+        name: "COSMOS_ENDPOINT",
+        default: "",
+        description: "azure: the Cosmos DB account endpoint, `https://{account}.documents.azure.com:443/`.",
+    },
+    Setting {
+        name: "COSMOS_KEY",
+        default: "",
+        description: "azure: a Cosmos DB account key; when empty the app's managed identity is used (needs the data-plane role).",
+    },
+    Setting { name: "COSMOS_DATABASE", default: "ingestion", description: "azure: the Cosmos DB database." },
+    Setting {
+        name: "COSMOS_CONTAINER",
+        default: "users",
+        description: "azure: the container of user documents, partition key `/id`.",
+    },
+    Setting {
+        name: "COSMOS_DEADLETTER_CONTAINER",
+        default: "deadletters",
+        description: "azure: the container where `/ingest-consume` parks messages that can never succeed, partition key `/id`.",
+    },
+    Setting {
+        name: "COSMOS_CREATE_IF_MISSING",
+        default: "false",
+        description: "azure: create the database and containers at start-up (for local peers; Terraform creates them in Azure).",
+    },
+];
+
+/// Settings the Functions host reads, not the binary: `ingest-consume/function.json` names them.
+pub const HOST_SETTINGS: &[Setting] = &[
+    Setting {
+        name: "SERVICEBUS_LISTEN_CONNECTION",
+        default: "",
+        description: "host: a listen-only Service Bus connection string for the trigger of `ingest-consume`.",
+    },
+    Setting {
+        name: "SERVICEBUS_SUBSCRIPTION",
+        default: "",
+        description: "host: the topic subscription that triggers `ingest-consume`.",
+    },
+    Setting {
+        name: "FUNCTIONS_WORKER_RUNTIME",
+        default: "custom",
+        description: "host: `custom` for a custom handler.",
+    },
 ];
 
 /// Which adapters back the topic and the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Backend {
     Embedded,
+    /// The Azure settings are checked when the config is read, but a mistake is reported only
+    /// after the listener is bound (the host polls `GET /` meanwhile), hence the `Result`.
+    Azure(Result<Box<AzureConfig>, String>),
+}
+
+/// A secret value: never printed, never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Where and how to publish to Service Bus.
+#[derive(Debug, Clone)]
+pub struct ServiceBusConfig {
+    /// The namespace name: the crate builds `https://{namespace}.servicebus.windows.net/`.
+    pub namespace: String,
+    pub topic: String,
+    pub key_name: String,
+    pub key: Secret,
+    /// Another base URL for the REST API (a local peer); `None` in Azure.
+    pub endpoint: Option<url::Url>,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+}
+
+/// Where and how to reach Cosmos DB.
+#[derive(Debug, Clone)]
+pub struct CosmosConfig {
+    pub endpoint: url::Url,
+    /// `None`: authenticate with the app's managed identity.
+    pub key: Option<Secret>,
+    pub database: String,
+    pub container: String,
+    pub dead_letter_container: String,
+    pub create_if_missing: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AzureConfig {
+    pub servicebus: ServiceBusConfig,
+    pub cosmos: CosmosConfig,
+}
+
+/// The parts of a Service Bus connection string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceBusConnection {
+    pub namespace: String,
+    pub key_name: String,
+    pub key: String,
+    pub entity_path: Option<String>,
+}
+
+impl ServiceBusConnection {
+    /// Parses `Endpoint=sb://{ns}.servicebus.windows.net/;SharedAccessKeyName=…;SharedAccessKey=…[;EntityPath=…]`.
+    /// Errors never quote the value: it holds a key.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut endpoint = None;
+        let mut key_name = None;
+        let mut key = None;
+        let mut entity_path = None;
+        for part in raw.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((name, value)) = part.split_once('=') else {
+                return Err("has a part without `=`".into());
+            };
+            match name.trim().to_ascii_lowercase().as_str() {
+                "endpoint" => endpoint = Some(value.trim().to_owned()),
+                "sharedaccesskeyname" => key_name = Some(value.trim().to_owned()),
+                "sharedaccesskey" => key = Some(value.trim().to_owned()),
+                "entitypath" => entity_path = Some(value.trim().to_owned()).filter(|v| !v.is_empty()),
+                _ => {}
+            }
+        }
+        let endpoint = endpoint.ok_or("has no Endpoint")?;
+        let url = url::Url::parse(&endpoint).map_err(|_| "has an Endpoint that is not a URL".to_owned())?;
+        let host = url.host_str().ok_or("has an Endpoint without a host")?;
+        let namespace = host
+            .strip_suffix(".servicebus.windows.net")
+            .ok_or("has an Endpoint outside servicebus.windows.net")?
+            .to_owned();
+        let key_name = key_name.filter(|k| !k.is_empty()).ok_or("has no SharedAccessKeyName")?;
+        let key = key.filter(|k| !k.is_empty()).ok_or("has no SharedAccessKey")?;
+        Ok(Self { namespace, key_name, key, entity_path })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -144,7 +307,10 @@ impl Config {
         };
         let backend = match get("INGEST_BACKEND").as_deref().map(str::trim) {
             None | Some("embedded") => Backend::Embedded,
-            Some(other) => bail!("INGEST_BACKEND must be `embedded`, not {other:?}"),
+            Some("azure") => {
+                Backend::Azure(AzureConfig::from_lookup(&get).map(Box::new).map_err(|e| format!("{e:#}")))
+            }
+            Some(other) => bail!("INGEST_BACKEND must be `embedded` or `azure`, not {other:?}"),
         };
         let data_dir = overrides
             .data_dir
@@ -178,6 +344,90 @@ impl Config {
     }
 }
 
+impl AzureConfig {
+    fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let required =
+            |name: &str| get(name).with_context(|| format!("{name} is required when INGEST_BACKEND=azure"));
+        let number = |name: &str, default: u64| -> anyhow::Result<u64> {
+            match get(name) {
+                None => Ok(default),
+                Some(raw) => {
+                    raw.trim().parse().with_context(|| format!("{name} must be a whole number, not {raw:?}"))
+                }
+            }
+        };
+
+        let connection = ServiceBusConnection::parse(&required("SERVICEBUS_CONNECTION_STRING")?)
+            .map_err(|why| anyhow::anyhow!("SERVICEBUS_CONNECTION_STRING {why}"))?;
+        let topic = match (get("SERVICEBUS_TOPIC"), &connection.entity_path) {
+            (Some(topic), Some(path)) if topic.trim() != path => bail!(
+                "SERVICEBUS_TOPIC ({}) differs from the EntityPath of SERVICEBUS_CONNECTION_STRING ({path})",
+                topic.trim()
+            ),
+            (Some(topic), _) => topic.trim().to_owned(),
+            (None, Some(path)) => path.clone(),
+            (None, None) => {
+                bail!("SERVICEBUS_TOPIC is required (or an EntityPath in SERVICEBUS_CONNECTION_STRING)")
+            }
+        };
+        let endpoint = match get("SERVICEBUS_ENDPOINT") {
+            None => None,
+            Some(raw) => Some(
+                url::Url::parse(raw.trim())
+                    .with_context(|| format!("SERVICEBUS_ENDPOINT must be a URL, not {raw:?}"))?,
+            ),
+        };
+        let max_attempts = number("SERVICEBUS_MAX_ATTEMPTS", 3)?;
+        if !(1..=10).contains(&max_attempts) {
+            bail!("SERVICEBUS_MAX_ATTEMPTS must be between 1 and 10, not {max_attempts}");
+        }
+        let timeout = number("SERVICEBUS_TIMEOUT_MS", 5000)?;
+        if !(100..=60_000).contains(&timeout) {
+            bail!("SERVICEBUS_TIMEOUT_MS must be between 100 and 60000, not {timeout}");
+        }
+        let servicebus = ServiceBusConfig {
+            namespace: connection.namespace,
+            topic,
+            key_name: connection.key_name,
+            key: Secret::new(connection.key),
+            endpoint,
+            timeout: Duration::from_millis(timeout),
+            max_attempts: max_attempts as u32,
+        };
+
+        let raw_endpoint = required("COSMOS_ENDPOINT")?;
+        let cosmos_endpoint = url::Url::parse(raw_endpoint.trim())
+            .ok()
+            .filter(|u| matches!(u.scheme(), "https" | "http") && u.host_str().is_some())
+            .with_context(|| format!("COSMOS_ENDPOINT must be an https:// URL, not {raw_endpoint:?}"))?;
+        let name = |setting: &str, default: &str| -> anyhow::Result<String> {
+            let value = get(setting).unwrap_or_else(|| default.to_owned()).trim().to_owned();
+            let ok = !value.is_empty()
+                && value.len() <= 255
+                && !value.contains(['/', '\\', '?', '#'])
+                && !value.ends_with(' ');
+            if !ok {
+                bail!("{setting} must be a Cosmos DB resource name (no / \\ ? #), not {value:?}");
+            }
+            Ok(value)
+        };
+        let create_if_missing = match get("COSMOS_CREATE_IF_MISSING").as_deref().map(str::trim) {
+            None | Some("false") | Some("0") | Some("off") => false,
+            Some("true") | Some("1") | Some("on") => true,
+            Some(other) => bail!("COSMOS_CREATE_IF_MISSING must be `true` or `false`, not {other:?}"),
+        };
+        let cosmos = CosmosConfig {
+            endpoint: cosmos_endpoint,
+            key: get("COSMOS_KEY").map(|k| Secret::new(k.trim())),
+            database: name("COSMOS_DATABASE", "ingestion")?,
+            container: name("COSMOS_CONTAINER", "users")?,
+            dead_letter_container: name("COSMOS_DEADLETTER_CONTAINER", "deadletters")?,
+            create_if_missing,
+        };
+        Ok(Self { servicebus, cosmos })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,7 +443,7 @@ mod tests {
         let c = config(&[], Overrides::default()).unwrap();
         assert_eq!(c.port, 7071);
         assert_eq!(c.bind.to_string(), "127.0.0.1");
-        assert_eq!(c.backend, Backend::Embedded);
+        assert!(matches!(c.backend, Backend::Embedded));
         assert_eq!(c.max_record_bytes, 65536);
         assert!(c.worker);
     }
@@ -220,6 +470,88 @@ mod tests {
             let err = config(&[(name, value)], Overrides::default()).unwrap_err();
             assert!(format!("{err:#}").contains(name), "{name}={value}: {err:#}");
         }
+    }
+
+    const CONNECTION: &str =
+        "Endpoint=sb://ingest-ns.servicebus.windows.net/;SharedAccessKeyName=api-send;SharedAccessKey=c2VjcmV0a2V5PQ==";
+
+    fn azure(vars: &[(&str, &str)]) -> Result<Box<AzureConfig>, String> {
+        let mut all = vec![
+            ("INGEST_BACKEND", "azure"),
+            ("SERVICEBUS_CONNECTION_STRING", CONNECTION),
+            ("SERVICEBUS_TOPIC", "users"),
+            ("COSMOS_ENDPOINT", "https://acct.documents.azure.com:443/"),
+        ];
+        for (k, v) in vars {
+            all.retain(|(name, _)| name != k);
+            all.push((k, v));
+        }
+        match config(&all, Overrides::default()).unwrap().backend {
+            Backend::Azure(result) => result,
+            Backend::Embedded => panic!("INGEST_BACKEND=azure gave the embedded backend"),
+        }
+    }
+
+    #[test]
+    fn the_azure_settings_are_read_with_their_defaults() {
+        let c = azure(&[]).unwrap();
+        assert_eq!(c.servicebus.namespace, "ingest-ns");
+        assert_eq!(c.servicebus.key_name, "api-send");
+        assert_eq!(c.servicebus.key.expose(), "c2VjcmV0a2V5PQ==", "a key keeps its trailing `=`");
+        assert_eq!(c.servicebus.topic, "users");
+        assert_eq!(c.servicebus.max_attempts, 3);
+        assert_eq!(c.cosmos.database, "ingestion");
+        assert_eq!(c.cosmos.container, "users");
+        assert_eq!(c.cosmos.dead_letter_container, "deadletters");
+        assert!(c.cosmos.key.is_none(), "no key means managed identity");
+        assert!(!c.cosmos.create_if_missing);
+    }
+
+    #[test]
+    fn the_entity_path_of_the_connection_string_names_the_topic() {
+        let with_path = format!("{CONNECTION};EntityPath=ingest");
+        assert_eq!(
+            azure(&[("SERVICEBUS_CONNECTION_STRING", &with_path), ("SERVICEBUS_TOPIC", "")])
+                .unwrap()
+                .servicebus
+                .topic,
+            "ingest"
+        );
+        let err = azure(&[("SERVICEBUS_CONNECTION_STRING", &with_path), ("SERVICEBUS_TOPIC", "other")])
+            .unwrap_err();
+        assert!(err.contains("SERVICEBUS_TOPIC") && err.contains("EntityPath"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_or_malformed_azure_setting_is_named_and_no_secret_is_quoted() {
+        for (name, value) in [
+            ("SERVICEBUS_CONNECTION_STRING", ""),
+            (
+                "SERVICEBUS_CONNECTION_STRING",
+                "Endpoint=sb://x.example.com/;SharedAccessKeyName=a;SharedAccessKey=TOPSECRET",
+            ),
+            ("SERVICEBUS_CONNECTION_STRING", "Endpoint=sb://x.servicebus.windows.net/;SharedAccessKeyName=a"),
+            ("SERVICEBUS_CONNECTION_STRING", "TOPSECRET"),
+            ("SERVICEBUS_TOPIC", ""),
+            ("SERVICEBUS_ENDPOINT", "not a url"),
+            ("SERVICEBUS_MAX_ATTEMPTS", "0"),
+            ("SERVICEBUS_TIMEOUT_MS", "5s"),
+            ("COSMOS_ENDPOINT", ""),
+            ("COSMOS_ENDPOINT", "acct.documents.azure.com"),
+            ("COSMOS_CONTAINER", "a/b"),
+            ("COSMOS_CREATE_IF_MISSING", "yes please"),
+        ] {
+            let err = azure(&[(name, value)]).unwrap_err();
+            assert!(err.contains(name), "{name}={value}: {err}");
+            assert!(!err.contains("TOPSECRET"), "a secret leaked into: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = azure(&[("COSMOS_KEY", "TOPSECRET")]).unwrap();
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("TOPSECRET") && !printed.contains("c2VjcmV0a2V5PQ=="), "{printed}");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! subscription for the in-process worker; in Azure the Functions host plays it.
 
 mod embedded;
+mod servicebus;
 
 pub use embedded::{QueueStats, Settlement, SqliteQueue};
+pub use servicebus::{ServiceBusPublisher, SCHEMA_VERSION};
 
 use std::time::Duration;
 

@@ -1,7 +1,9 @@
 //! The document store behind the topic: upsert on consume, point read on GET.
 
+mod cosmos;
 mod embedded;
 
+pub use cosmos::{CosmosDeadLetters, CosmosStores, CosmosUserStore};
 pub use embedded::SqliteUserStore;
 
 use std::time::Duration;

@@ -1,0 +1,353 @@
+//! `CosmosUserStore`: users in a Cosmos DB for NoSQL container partitioned on `/id`, and
+//! `CosmosDeadLetters`: the messages `/ingest-consume` parks, in a second container.
+//!
+//! Cost model: a GET is ONE point read (partition key = id, ~1 RU; a query would cost ~3).
+//! A consumed message is ONE create in the common case (a new user). Only when the user
+//! exists already does it read the stored version and replace it conditionally (If-Match on
+//! its ETag), so that an old message redelivered late never overwrites a newer version.
+//! Throttling (429) is retried here, honouring `x-ms-retry-after-ms`, within a bounded wait;
+//! past it the caller gets `StoreError::Unavailable` and the message is retried later.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use azure_data_cosmos::clients::ContainerClient;
+use azure_data_cosmos::models::ContainerProperties;
+use azure_data_cosmos::options::{
+    BinaryEncodingOptions, ConnectionPoolOptions, ItemWriteOptions, Precondition, ServerCertificateValidation,
+};
+use azure_data_cosmos::{
+    AccountEndpoint, AccountReference, CosmosClient, CosmosClientBuilder, CosmosError, CosmosRuntime,
+    RoutingStrategy,
+};
+use serde_json::{json, Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::{StoreError, StoredUser, UpsertOutcome, UserStore, WriteVersion};
+use crate::broker::{BackendHealth, DeadLetter, DeadLetterStore, PublishError};
+use crate::config::CosmosConfig;
+use crate::domain::{UserDocument, UserId};
+
+/// Where the store keeps its own bookkeeping inside a document; every top-level key that
+/// starts with `_` (ours and Cosmos's `_rid`, `_ts`, `_etag`…) is stripped before a GET.
+const VERSION_FIELD: &str = "_version";
+/// The longest one operation waits out throttling before giving up for now.
+const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(5);
+/// A conditional replace that keeps losing to concurrent writers gives up after this many tries.
+const MAX_CONFLICT_ROUNDS: u32 = 5;
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// The two containers, from one client.
+pub struct CosmosStores {
+    pub users: Arc<CosmosUserStore>,
+    pub dead_letters: Arc<CosmosDeadLetters>,
+}
+
+impl CosmosStores {
+    /// Connects (reading the account and container metadata), creating the database and
+    /// containers first when `create_if_missing` is set.
+    pub async fn connect(config: &CosmosConfig) -> anyhow::Result<Self> {
+        let client = client(config).await?;
+        if config.create_if_missing {
+            create_if_missing(&client, config).await?;
+        }
+        let database = client.database_client(config.database.as_str());
+        let users = database.container_client(config.container.as_str(), None).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open COSMOS_CONTAINER {} in COSMOS_DATABASE {}: {e}",
+                config.container,
+                config.database
+            )
+        })?;
+        let dead_letters =
+            database.container_client(config.dead_letter_container.as_str(), None).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open COSMOS_DEADLETTER_CONTAINER {}: {e}",
+                    config.dead_letter_container
+                )
+            })?;
+        let charge = Arc::new(RequestCharge::default());
+        Ok(Self {
+            users: Arc::new(CosmosUserStore { container: users, charge: charge.clone() }),
+            dead_letters: Arc::new(CosmosDeadLetters { container: dead_letters, charge }),
+        })
+    }
+}
+
+async fn client(config: &CosmosConfig) -> anyhow::Result<CosmosClient> {
+    let host = config.endpoint.host_str().unwrap_or_default();
+    let local_peer = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    // Local Cosmos-protocol servers speak HTTP/1.1 only, often over plain HTTP; Azure gets
+    // HTTP/2 and full certificate validation.
+    let pool = ConnectionPoolOptions::builder()
+        .with_is_http2_allowed(!local_peer)
+        .with_server_certificate_validation(ServerCertificateValidation::RequiredUnlessEmulator)
+        .build()
+        .map_err(|e| anyhow::anyhow!("invalid Cosmos connection options: {e}"))?;
+    let runtime = CosmosRuntime::builder()
+        .with_connection_pool(pool)
+        .build()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the Cosmos runtime: {e}"))?;
+    let endpoint: AccountEndpoint = config
+        .endpoint
+        .as_str()
+        .parse()
+        .map_err(|e| anyhow::anyhow!("COSMOS_ENDPOINT is not a Cosmos account endpoint: {e}"))?;
+    let account = match &config.key {
+        Some(key) => AccountReference::with_authentication_key(
+            endpoint,
+            azure_core::credentials::Secret::new(key.expose().to_owned()),
+        ),
+        None => {
+            let credential = azure_identity::ManagedIdentityCredential::new(None)
+                .map_err(|e| anyhow::anyhow!("no COSMOS_KEY and no managed identity available: {e}"))?;
+            AccountReference::with_credential(endpoint, credential)
+        }
+    };
+    CosmosClientBuilder::new()
+        .with_runtime(runtime)
+        // JSON on the wire: GET serves the document as JSON anyway.
+        .with_binary_encoding_options(BinaryEncodingOptions::new().with_enabled(false))
+        .build(account, RoutingStrategy::PreferredRegions(Vec::new()))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to COSMOS_ENDPOINT {}: {e}", config.endpoint))
+}
+
+async fn create_if_missing(client: &CosmosClient, config: &CosmosConfig) -> anyhow::Result<()> {
+    match client.create_database(&config.database, None).await {
+        Ok(_) => tracing::info!(database = %config.database, "created the Cosmos database"),
+        Err(e) if e.status().is_conflict() => {}
+        Err(e) => anyhow::bail!("cannot create COSMOS_DATABASE {}: {e}", config.database),
+    }
+    let database = client.database_client(config.database.as_str());
+    for container in [&config.container, &config.dead_letter_container] {
+        let properties = ContainerProperties::new(container.clone(), "/id".into());
+        match database.create_container(properties, None).await {
+            Ok(_) => tracing::info!(%container, "created the Cosmos container"),
+            Err(e) if e.status().is_conflict() => {}
+            Err(e) => anyhow::bail!("cannot create the Cosmos container {container}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// Request units spent, in thousandths, for health and metrics.
+#[derive(Default)]
+pub struct RequestCharge(AtomicU64);
+
+impl RequestCharge {
+    fn add(&self, ru: f64) {
+        self.0.fetch_add((ru * 1000.0).round() as u64, Ordering::Relaxed);
+    }
+
+    pub fn total(&self) -> f64 {
+        self.0.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+}
+
+pub struct CosmosUserStore {
+    container: ContainerClient,
+    charge: Arc<RequestCharge>,
+}
+
+impl CosmosUserStore {
+    /// The request units this process has spent so far.
+    pub fn request_charge(&self) -> f64 {
+        self.charge.total()
+    }
+
+    /// The stored document's version and ETag, or `None` when absent.
+    async fn read_version(&self, id: &str) -> Result<Option<(i128, i64, String)>, StoreError> {
+        match throttled(|| self.container.read_item(id.to_owned(), id, None)).await {
+            Ok(response) => {
+                self.record(response.headers().request_charge().map(|c| c.value()));
+                let etag = response.headers().etag().map(|e| e.to_string()).unwrap_or_default();
+                let doc: Value = response.into_model().map_err(unavailable)?;
+                let ingested = doc
+                    .get("ingestedAt")
+                    .and_then(Value::as_str)
+                    .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+                    .map_or(i128::MIN, |t| t.unix_timestamp_nanos());
+                let sequence = doc
+                    .get(VERSION_FIELD)
+                    .and_then(|v| v.get("sequence"))
+                    .and_then(Value::as_i64)
+                    .unwrap_or(i64::MIN);
+                Ok(Some((ingested, sequence, etag)))
+            }
+            Err(e) if e.status().is_not_found() => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    fn record(&self, charge: Option<f64>) {
+        if let Some(ru) = charge {
+            self.charge.add(ru);
+        }
+    }
+}
+
+/// The document as stored: the user's fields, `ingestedAt`, and our version bookkeeping.
+fn stored_body(doc: &UserDocument, version: &WriteVersion) -> Value {
+    let mut body = serde_json::to_value(doc).expect("a user document always serializes");
+    body[VERSION_FIELD] = json!({"messageId": version.message_id, "sequence": version.sequence});
+    body
+}
+
+#[async_trait]
+impl UserStore for CosmosUserStore {
+    async fn upsert(&self, doc: &UserDocument, version: &WriteVersion) -> Result<UpsertOutcome, StoreError> {
+        let id = doc.id.as_str();
+        let body = stored_body(doc, version);
+        let incoming = (doc.ingested_at.unix_timestamp_nanos(), version.sequence);
+        for _ in 0..MAX_CONFLICT_ROUNDS {
+            // The common case, a new user, costs exactly one request.
+            match throttled(|| self.container.create_item(id.to_owned(), id, body.clone(), None)).await {
+                Ok(response) => {
+                    self.record(response.headers().request_charge().map(|c| c.value()));
+                    return Ok(UpsertOutcome::Written);
+                }
+                Err(e) if e.status().is_conflict() => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+            let Some((ingested, sequence, etag)) = self.read_version(id).await? else {
+                continue; // deleted in between: try creating again
+            };
+            if (ingested, sequence) > incoming {
+                return Ok(UpsertOutcome::Stale);
+            }
+            let options = ItemWriteOptions::default().with_precondition(Precondition::IfMatch(etag.into()));
+            match throttled(|| {
+                self.container.replace_item(id.to_owned(), id, body.clone(), Some(options.clone()))
+            })
+            .await
+            {
+                Ok(response) => {
+                    self.record(response.headers().request_charge().map(|c| c.value()));
+                    return Ok(UpsertOutcome::Written);
+                }
+                // Someone wrote in between: look again.
+                Err(e) if e.status().is_precondition_failed() || e.status().is_not_found() => continue,
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(StoreError::Unavailable {
+            reason: format!("user {id} kept changing during {MAX_CONFLICT_ROUNDS} conditional writes"),
+            retry_after: RETRY_AFTER,
+        })
+    }
+
+    async fn get(&self, id: &UserId) -> Result<Option<StoredUser>, StoreError> {
+        let response =
+            match throttled(|| self.container.read_item(id.as_str().to_owned(), id.as_str(), None)).await {
+                Ok(response) => response,
+                Err(e) if e.status().is_not_found() => return Ok(None),
+                Err(e) => return Err(unavailable(e)),
+            };
+        self.record(response.headers().request_charge().map(|c| c.value()));
+        let etag = response.headers().etag().map(|e| e.to_string()).unwrap_or_default();
+        let raw: Map<String, Value> = response.into_model().map_err(unavailable)?;
+        Ok(Some(StoredUser { json: user_json(raw), etag: etag.trim_matches('"').to_owned() }))
+    }
+
+    async fn health(&self) -> BackendHealth {
+        let mut details = Map::new();
+        details.insert("kind".into(), "cosmos".into());
+        details.insert("requestCharge".into(), json!(self.charge.total()));
+        // A point read of an id no user can have: 404 proves the container answers.
+        match self.container.read_item("~health", "~health", None).await {
+            Ok(_) => BackendHealth { up: true, details },
+            Err(e) if e.status().is_not_found() => BackendHealth { up: true, details },
+            Err(e) => {
+                details.insert("error".into(), e.to_string().into());
+                BackendHealth { up: false, details }
+            }
+        }
+    }
+}
+
+/// The user's fields and `ingestedAt`, without the store's system fields or ours.
+fn user_json(mut raw: Map<String, Value>) -> String {
+    raw.retain(|key, _| !key.starts_with('_'));
+    // Serve the fields in the same order as the embedded store: re-read them as a document.
+    let fallback = Value::Object(raw.clone()).to_string();
+    match UserDocument::from_message(Value::Object(raw), "", OffsetDateTime::UNIX_EPOCH) {
+        Ok(doc) => doc.to_json(),
+        Err(_) => fallback,
+    }
+}
+
+pub struct CosmosDeadLetters {
+    container: ContainerClient,
+    charge: Arc<RequestCharge>,
+}
+
+#[async_trait]
+impl DeadLetterStore for CosmosDeadLetters {
+    async fn park(&self, letter: DeadLetter) -> Result<(), PublishError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+        let body = json!({
+            "id": id,
+            "messageId": letter.message_id,
+            "reason": letter.reason,
+            "source": letter.source,
+            "deliveryCount": letter.delivery_count,
+            "enqueuedAt": letter.enqueued_at.format(&Rfc3339).unwrap_or_default(),
+            "deadLetteredAt": now,
+            "body": String::from_utf8_lossy(&letter.body),
+        });
+        match throttled(|| self.container.create_item(id.clone(), id.as_str(), body.clone(), None)).await {
+            Ok(response) => {
+                if let Some(ru) = response.headers().request_charge() {
+                    self.charge.add(ru.value());
+                }
+                Ok(())
+            }
+            Err(e) => Err(PublishError::Unavailable {
+                reason: e.to_string(),
+                retry_after: throttle_wait(&e).unwrap_or(RETRY_AFTER),
+            }),
+        }
+    }
+}
+
+/// Runs `op`, waiting out 429s as the server asks, within [`MAX_THROTTLE_WAIT`] in all.
+async fn throttled<T, F, Fut>(mut op: F) -> Result<T, CosmosError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CosmosError>>,
+{
+    let mut waited = Duration::ZERO;
+    loop {
+        match op().await {
+            Err(e) if e.status().is_throttled() => {
+                let wait = throttle_wait(&e).unwrap_or(Duration::from_millis(100));
+                if waited + wait > MAX_THROTTLE_WAIT {
+                    return Err(e);
+                }
+                tracing::debug!(
+                    wait_ms = wait.as_millis() as u64,
+                    "Cosmos throttled the request; waiting as asked"
+                );
+                tokio::time::sleep(wait).await;
+                waited += wait;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The server's `x-ms-retry-after-ms`.
+fn throttle_wait(e: &CosmosError) -> Option<Duration> {
+    e.response().and_then(|r| r.headers().retry_after_ms).map(Duration::from_millis)
+}
+
+fn unavailable(e: CosmosError) -> StoreError {
+    let retry_after = throttle_wait(&e).unwrap_or(RETRY_AFTER).max(Duration::from_millis(1));
+    StoreError::Unavailable { reason: e.to_string(), retry_after }
+}
