@@ -23,6 +23,7 @@ use crate::broker::{DeadLetterStore, Publisher};
 use crate::clock::Clock;
 use crate::consume::Consumer;
 use crate::store::UserStore;
+pub use consume::BINDING as CONSUME_BINDING;
 use problem::ApiError;
 
 /// The route of each function, as its `function.json` declares it.

@@ -2,6 +2,8 @@
 //! its JSON logs, and wait for the pipeline.
 #![allow(dead_code)]
 
+pub mod servicebus;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -41,9 +41,15 @@ pub struct Captured {
 pub enum Mode {
     Accept,
     /// Answer this status (with `Retry-After` seconds when given) to every send.
-    Fail { status: u16, retry_after: Option<u64> },
+    Fail {
+        status: u16,
+        retry_after: Option<u64>,
+    },
     /// Fail the next `n` sends with `status`, then accept.
-    FailTimes { n: usize, status: u16 },
+    FailTimes {
+        n: usize,
+        status: u16,
+    },
     /// Never answer.
     Hang,
 }
@@ -67,8 +73,13 @@ pub struct FakeServiceBus {
 impl FakeServiceBus {
     /// Starts the endpoint on a free loopback port for `topic`, on its own runtime.
     pub fn start(topic: &str) -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let shared = Arc::new(Mutex::new(Shared { topic: topic.to_owned(), mode: Some(Mode::Accept), ..Default::default() }));
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let shared = Arc::new(Mutex::new(Shared {
+            topic: topic.to_owned(),
+            mode: Some(Mode::Accept),
+            ..Default::default()
+        }));
         let app = Router::new().route("/{topic}/messages", post(send)).with_state(shared.clone());
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -118,7 +129,12 @@ impl FakeServiceBus {
     }
 }
 
-async fn send(State(shared): State<Arc<Mutex<Shared>>>, Path(topic): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn send(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mode = {
         let mut s = shared.lock().unwrap();
         s.attempts += 1;
@@ -139,7 +155,8 @@ async fn send(State(shared): State<Arc<Mutex<Shared>>>, Path(topic): Path<String
         }
         Mode::FailTimes { n, status } => {
             if n > 0 {
-                shared.lock().unwrap().mode = Some(if n == 1 { Mode::Accept } else { Mode::FailTimes { n: n - 1, status } });
+                shared.lock().unwrap().mode =
+                    Some(if n == 1 { Mode::Accept } else { Mode::FailTimes { n: n - 1, status } });
                 return StatusCode::from_u16(status).unwrap().into_response();
             }
         }
@@ -147,11 +164,21 @@ async fn send(State(shared): State<Arc<Mutex<Shared>>>, Path(topic): Path<String
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
     }
-    let broker_properties: Value = match headers.get("brokerproperties").map(|v| serde_json::from_slice(v.as_bytes())) {
-        Some(Ok(v)) => v,
-        _ => return (StatusCode::BAD_REQUEST, "BrokerProperties missing or not JSON").into_response(),
-    };
-    let standard = ["authorization", "brokerproperties", "content-type", "content-length", "host", "accept", "user-agent", "accept-encoding"];
+    let broker_properties: Value =
+        match headers.get("brokerproperties").map(|v| serde_json::from_slice(v.as_bytes())) {
+            Some(Ok(v)) => v,
+            _ => return (StatusCode::BAD_REQUEST, "BrokerProperties missing or not JSON").into_response(),
+        };
+    let standard = [
+        "authorization",
+        "brokerproperties",
+        "content-type",
+        "content-length",
+        "host",
+        "accept",
+        "user-agent",
+        "accept-encoding",
+    ];
     let custom_properties = headers
         .iter()
         .filter(|(name, _)| !standard.contains(&name.as_str()))
@@ -159,7 +186,8 @@ async fn send(State(shared): State<Arc<Mutex<Shared>>>, Path(topic): Path<String
         .collect();
     let mut s = shared.lock().unwrap();
     let sequence_number = s.captured.len() as i64 + 1;
-    let enqueued_time_utc = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let enqueued_time_utc =
+        time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
     s.captured.push(Captured {
         body: String::from_utf8_lossy(&body).into_owned(),
         broker_properties,
@@ -180,7 +208,8 @@ fn verify(shared: &Mutex<Shared>, topic: &str, headers: &HeaderMap) -> Result<()
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).ok_or("no Authorization")?;
     let token = auth.strip_prefix("SharedAccessSignature ").ok_or("not a SharedAccessSignature")?;
     let fields: HashMap<&str, &str> = token.split('&').filter_map(|kv| kv.split_once('=')).collect();
-    let (sr, sig, se, skn) = match (fields.get("sr"), fields.get("sig"), fields.get("se"), fields.get("skn")) {
+    let (sr, sig, se, skn) = match (fields.get("sr"), fields.get("sig"), fields.get("se"), fields.get("skn"))
+    {
         (Some(sr), Some(sig), Some(se), Some(skn)) => (*sr, *sig, *se, *skn),
         _ => return Err("the token lacks sr, sig, se or skn".into()),
     };
