@@ -2,6 +2,7 @@
 //! its JSON logs, and wait for the pipeline.
 #![allow(dead_code)]
 
+pub mod cosmos;
 pub mod servicebus;
 
 use std::io::{BufRead, BufReader};
