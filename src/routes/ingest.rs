@@ -26,7 +26,8 @@ pub async fn create_user(
 
     let message = OutgoingMessage {
         message_id: uuid::Uuid::new_v4().to_string(),
-        correlation_id: trace_id(&headers),
+        // Correlates the message with the request that made it: the caller's W3C trace id, or a new one.
+        correlation_id: Some(trace_id(&headers).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())),
         body: doc.to_json(),
     };
     let message_id = message.message_id.clone();
