@@ -117,6 +117,11 @@ pub const SETTINGS: &[Setting] = &[
         description: "azure: the container where `/ingest-consume` parks messages that can never succeed, partition key `/id`.",
     },
     Setting {
+        name: "COSMOS_TIMEOUT_MS",
+        default: "5000",
+        description: "azure: the most one Cosmos DB operation may take, throttling retries included.",
+    },
+    Setting {
         name: "COSMOS_CREATE_IF_MISSING",
         default: "false",
         description: "azure: create the database and containers at start-up (for local peers; Terraform creates them in Azure).",
@@ -195,6 +200,8 @@ pub struct CosmosConfig {
     pub container: String,
     pub dead_letter_container: String,
     pub create_if_missing: bool,
+    /// The most one operation may take, retries included.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -416,6 +423,10 @@ impl AzureConfig {
             Some("true") | Some("1") | Some("on") => true,
             Some(other) => bail!("COSMOS_CREATE_IF_MISSING must be `true` or `false`, not {other:?}"),
         };
+        let cosmos_timeout = number("COSMOS_TIMEOUT_MS", 5000)?;
+        if !(1000..=60_000).contains(&cosmos_timeout) {
+            bail!("COSMOS_TIMEOUT_MS must be between 1000 and 60000, not {cosmos_timeout}");
+        }
         let cosmos = CosmosConfig {
             endpoint: cosmos_endpoint,
             key: get("COSMOS_KEY").map(|k| Secret::new(k.trim())),
@@ -423,6 +434,7 @@ impl AzureConfig {
             container: name("COSMOS_CONTAINER", "users")?,
             dead_letter_container: name("COSMOS_DEADLETTER_CONTAINER", "deadletters")?,
             create_if_missing,
+            timeout: Duration::from_millis(cosmos_timeout),
         };
         Ok(Self { servicebus, cosmos })
     }
@@ -540,6 +552,7 @@ mod tests {
             ("COSMOS_ENDPOINT", "acct.documents.azure.com"),
             ("COSMOS_CONTAINER", "a/b"),
             ("COSMOS_CREATE_IF_MISSING", "yes please"),
+            ("COSMOS_TIMEOUT_MS", "10"),
         ] {
             let err = azure(&[(name, value)]).unwrap_err();
             assert!(err.contains(name), "{name}={value}: {err}");

@@ -189,8 +189,9 @@ struct RestClient {
 
 impl RestClient {
     fn new(endpoint: Option<url::Url>, timeout: Duration) -> anyhow::Result<Self> {
+        // The whole send is bounded by `timeout` around it; this bounds connecting alone.
         let http = reqwest::Client::builder()
-            .timeout(timeout)
+            .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             .build()?;

@@ -5,8 +5,10 @@
 //! A consumed message is ONE create in the common case (a new user). Only when the user
 //! exists already does it read the stored version and replace it conditionally (If-Match on
 //! its ETag), so that an old message redelivered late never overwrites a newer version.
-//! Throttling (429) is retried here, honouring `x-ms-retry-after-ms`, within a bounded wait;
-//! past it the caller gets `StoreError::Unavailable` and the message is retried later.
+//! Throttling (429) is retried by the driver, honouring `x-ms-retry-after-ms`, within a bounded
+//! count and wait (its defaults allow 270 s, far too long to hold an HTTP request); past that,
+//! and on 503s and timeouts, the caller gets `StoreError::Unavailable` with the server's
+//! retry-after, and the message is retried later by the host or the worker.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +18,8 @@ use async_trait::async_trait;
 use azure_data_cosmos::clients::ContainerClient;
 use azure_data_cosmos::models::ContainerProperties;
 use azure_data_cosmos::options::{
-    BinaryEncodingOptions, ConnectionPoolOptions, ItemWriteOptions, Precondition, ServerCertificateValidation,
+    BinaryEncodingOptions, ConnectionPoolOptions, EndToEndOperationLatencyPolicy, ItemWriteOptions,
+    OperationOptions, Precondition, ServerCertificateValidation, ThrottlingRetryOptionsBuilder,
 };
 use azure_data_cosmos::{
     AccountEndpoint, AccountReference, CosmosClient, CosmosClientBuilder, CosmosError, CosmosRuntime,
@@ -34,7 +37,8 @@ use crate::domain::{UserDocument, UserId};
 /// Where the store keeps its own bookkeeping inside a document; every top-level key that
 /// starts with `_` (ours and Cosmos's `_rid`, `_ts`, `_etag`…) is stripped before a GET.
 const VERSION_FIELD: &str = "_version";
-/// The longest one operation waits out throttling before giving up for now.
+/// Throttled attempts the driver retries, and the longest it waits in all, per operation.
+const MAX_THROTTLE_RETRIES: u32 = 5;
 const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(5);
 /// A conditional replace that keeps losing to concurrent writers gives up after this many tries.
 const MAX_CONFLICT_ROUNDS: u32 = 5;
@@ -50,7 +54,16 @@ impl CosmosStores {
     /// Connects (reading the account and container metadata), creating the database and
     /// containers first when `create_if_missing` is set.
     pub async fn connect(config: &CosmosConfig) -> anyhow::Result<Self> {
-        let client = client(config).await?;
+        Self::connect_with(config, |builder| builder).await
+    }
+
+    /// [`connect`](Self::connect), with a last say on the client: tests add the driver's
+    /// fault-injection rules here.
+    pub async fn connect_with(
+        config: &CosmosConfig,
+        customize: impl FnOnce(CosmosClientBuilder) -> CosmosClientBuilder,
+    ) -> anyhow::Result<Self> {
+        let client = client(config, customize).await?;
         if config.create_if_missing {
             create_if_missing(&client, config).await?;
         }
@@ -77,7 +90,10 @@ impl CosmosStores {
     }
 }
 
-async fn client(config: &CosmosConfig) -> anyhow::Result<CosmosClient> {
+async fn client(
+    config: &CosmosConfig,
+    customize: impl FnOnce(CosmosClientBuilder) -> CosmosClientBuilder,
+) -> anyhow::Result<CosmosClient> {
     let host = config.endpoint.host_str().unwrap_or_default();
     let local_peer = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     // Local Cosmos-protocol servers speak HTTP/1.1 only, often over plain HTTP; Azure gets
@@ -108,10 +124,20 @@ async fn client(config: &CosmosConfig) -> anyhow::Result<CosmosClient> {
             AccountReference::with_credential(endpoint, credential)
         }
     };
-    CosmosClientBuilder::new()
+    let mut operation = OperationOptions::default();
+    operation.throttling_retry_options = Some(
+        ThrottlingRetryOptionsBuilder::new()
+            .with_max_retry_count(MAX_THROTTLE_RETRIES)
+            .with_max_retry_wait_time(MAX_THROTTLE_WAIT)
+            .build(),
+    );
+    operation.end_to_end_latency_policy = Some(EndToEndOperationLatencyPolicy::new(config.timeout));
+    let builder = CosmosClientBuilder::new()
         .with_runtime(runtime)
+        .with_default_operation_options(operation)
         // JSON on the wire: GET serves the document as JSON anyway.
-        .with_binary_encoding_options(BinaryEncodingOptions::new().with_enabled(false))
+        .with_binary_encoding_options(BinaryEncodingOptions::new().with_enabled(false));
+    customize(builder)
         .build(account, RoutingStrategy::PreferredRegions(Vec::new()))
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to COSMOS_ENDPOINT {}: {e}", config.endpoint))
@@ -162,7 +188,7 @@ impl CosmosUserStore {
 
     /// The stored document's version and ETag, or `None` when absent.
     async fn read_version(&self, id: &str) -> Result<Option<(i128, i64, String)>, StoreError> {
-        match throttled(|| self.container.read_item(id.to_owned(), id, None)).await {
+        match self.container.read_item(id.to_owned(), id, None).await {
             Ok(response) => {
                 self.record(response.headers().request_charge().map(|c| c.value()));
                 let etag = response.headers().etag().map(|e| e.to_string()).unwrap_or_default();
@@ -206,7 +232,7 @@ impl UserStore for CosmosUserStore {
         let incoming = (doc.ingested_at.unix_timestamp_nanos(), version.sequence);
         for _ in 0..MAX_CONFLICT_ROUNDS {
             // The common case, a new user, costs exactly one request.
-            match throttled(|| self.container.create_item(id.to_owned(), id, body.clone(), None)).await {
+            match self.container.create_item(id.to_owned(), id, body.clone(), None).await {
                 Ok(response) => {
                     self.record(response.headers().request_charge().map(|c| c.value()));
                     return Ok(UpsertOutcome::Written);
@@ -221,11 +247,7 @@ impl UserStore for CosmosUserStore {
                 return Ok(UpsertOutcome::Stale);
             }
             let options = ItemWriteOptions::default().with_precondition(Precondition::IfMatch(etag.into()));
-            match throttled(|| {
-                self.container.replace_item(id.to_owned(), id, body.clone(), Some(options.clone()))
-            })
-            .await
-            {
+            match self.container.replace_item(id.to_owned(), id, body.clone(), Some(options)).await {
                 Ok(response) => {
                     self.record(response.headers().request_charge().map(|c| c.value()));
                     return Ok(UpsertOutcome::Written);
@@ -242,12 +264,11 @@ impl UserStore for CosmosUserStore {
     }
 
     async fn get(&self, id: &UserId) -> Result<Option<StoredUser>, StoreError> {
-        let response =
-            match throttled(|| self.container.read_item(id.as_str().to_owned(), id.as_str(), None)).await {
-                Ok(response) => response,
-                Err(e) if e.status().is_not_found() => return Ok(None),
-                Err(e) => return Err(unavailable(e)),
-            };
+        let response = match self.container.read_item(id.as_str().to_owned(), id.as_str(), None).await {
+            Ok(response) => response,
+            Err(e) if e.status().is_not_found() => return Ok(None),
+            Err(e) => return Err(unavailable(e)),
+        };
         self.record(response.headers().request_charge().map(|c| c.value()));
         let etag = response.headers().etag().map(|e| e.to_string()).unwrap_or_default();
         let raw: Map<String, Value> = response.into_model().map_err(unavailable)?;
@@ -301,7 +322,7 @@ impl DeadLetterStore for CosmosDeadLetters {
             "deadLetteredAt": now,
             "body": String::from_utf8_lossy(&letter.body),
         });
-        match throttled(|| self.container.create_item(id.clone(), id.as_str(), body.clone(), None)).await {
+        match self.container.create_item(id.clone(), id.as_str(), body.clone(), None).await {
             Ok(response) => {
                 if let Some(ru) = response.headers().request_charge() {
                     self.charge.add(ru.value());
@@ -312,32 +333,6 @@ impl DeadLetterStore for CosmosDeadLetters {
                 reason: e.to_string(),
                 retry_after: throttle_wait(&e).unwrap_or(RETRY_AFTER),
             }),
-        }
-    }
-}
-
-/// Runs `op`, waiting out 429s as the server asks, within [`MAX_THROTTLE_WAIT`] in all.
-async fn throttled<T, F, Fut>(mut op: F) -> Result<T, CosmosError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, CosmosError>>,
-{
-    let mut waited = Duration::ZERO;
-    loop {
-        match op().await {
-            Err(e) if e.status().is_throttled() => {
-                let wait = throttle_wait(&e).unwrap_or(Duration::from_millis(100));
-                if waited + wait > MAX_THROTTLE_WAIT {
-                    return Err(e);
-                }
-                tracing::debug!(
-                    wait_ms = wait.as_millis() as u64,
-                    "Cosmos throttled the request; waiting as asked"
-                );
-                tokio::time::sleep(wait).await;
-                waited += wait;
-            }
-            other => return other,
         }
     }
 }
