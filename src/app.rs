@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{ServiceBusPublisher, SqliteQueue};
 use crate::clock::SystemClock;
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, CosmosConfig};
 use crate::consume::Consumer;
 use crate::routes::{self, AppState};
 use crate::store::{CosmosStores, SqliteUserStore};
@@ -67,8 +67,10 @@ pub struct Backends {
     pub queue: Option<Arc<SqliteQueue>>,
 }
 
-/// Builds the backends the configuration names. Errors name the setting at fault.
-pub async fn build(config: &Config) -> anyhow::Result<Backends> {
+/// Builds the backends the configuration names. Errors name the setting at fault. A store
+/// that cannot be reached yet is retried with backoff until `stop` fires: the process stays
+/// up (answering `GET /`, and 503 elsewhere) instead of crash-looping under the host.
+pub async fn build(config: &Config, stop: &CancellationToken) -> anyhow::Result<Backends> {
     match &config.backend {
         Backend::Embedded => {
             let Embedded { state, queue } = open_embedded(config)?;
@@ -77,7 +79,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Backends> {
         Backend::Azure(Err(why)) => Err(anyhow::anyhow!("invalid Azure configuration: {why}")),
         Backend::Azure(Ok(azure)) => {
             let publisher = Arc::new(ServiceBusPublisher::new(&azure.servicebus)?);
-            let cosmos = CosmosStores::connect(&azure.cosmos).await?;
+            let cosmos = connect_cosmos(&azure.cosmos, stop).await?;
             let state = AppState {
                 publisher,
                 store: cosmos.users.clone(),
@@ -88,6 +90,27 @@ pub async fn build(config: &Config) -> anyhow::Result<Backends> {
                 backend: "azure",
             };
             Ok(Backends { state, queue: None })
+        }
+    }
+}
+
+async fn connect_cosmos(config: &CosmosConfig, stop: &CancellationToken) -> anyhow::Result<CosmosStores> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match CosmosStores::connect(config).await {
+            Ok(stores) => return Ok(stores),
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot reach Cosmos DB; retrying"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => return Err(e.context("stopped before Cosmos DB could be reached")),
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
         }
     }
 }
@@ -118,7 +141,7 @@ pub async fn serve(
         signalled.cancel();
     });
 
-    let backends = match build(&config).await {
+    let backends = match build(&config, &stop).await {
         Ok(backends) => backends,
         Err(e) => {
             stop.cancel();

@@ -1,4 +1,7 @@
-//! The HTTP contract, black-box against the real binary on the embedded default.
+//! The HTTP contract, black-box: against the binary started here on the embedded default,
+//! or — after a deployment — against the deployed service (`INGEST_BASE_URL`, with its
+//! function key in `INGEST_API_KEY`). Behaviour that only the binary itself can show (its
+//! own 404/405 answers, configuration, logs) is in `contract.rs`.
 
 mod support;
 
@@ -10,7 +13,7 @@ use support::{blocking_client, post_user, wait_for_user, TestServer};
 #[test]
 fn every_bad_input_gets_its_expected_status_as_problem_json_and_nothing_is_stored() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), &[]);
+    let server = TestServer::start_or_remote(dir.path());
     let client = blocking_client();
     let cases: Vec<Value> =
         serde_json::from_str(&std::fs::read_to_string(support::data_file("bad-inputs.json")).unwrap())
@@ -66,18 +69,25 @@ fn every_bad_input_gets_its_expected_status_as_problem_json_and_nothing_is_store
         failures.join("\n")
     );
 
-    // Nothing bad was queued or stored, and nothing went to the dead letters.
-    let health = support::health(&client, &server);
-    assert_eq!(health["checks"]["topic"]["depth"], 0);
-    assert_eq!(health["checks"]["store"]["documents"], 0);
-    assert_eq!(health["checks"]["topic"]["deadLetters"], 0);
-    assert!(!server.logs().contains("\"status\":5"), "a 5xx was logged:\n{}", server.logs());
+    if !server.is_remote() {
+        // Nothing bad was queued or stored, and nothing went to the dead letters.
+        let health = support::health(&client, &server);
+        assert_eq!(health["checks"]["topic"]["depth"], 0);
+        assert_eq!(health["checks"]["store"]["documents"], 0);
+        assert_eq!(health["checks"]["topic"]["deadLetters"], 0);
+        assert!(!server.logs().contains("\"status\":5"), "a 5xx was logged:\n{}", server.logs());
+    }
+}
+
+/// A fresh id per run, so that runs against a deployed service do not meet old data.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
 #[test]
 fn each_bad_field_is_named_in_one_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), &[]);
+    let server = TestServer::start_or_remote(dir.path());
     let (status, body) = post_user(
         &blocking_client(),
         &server,
@@ -94,26 +104,23 @@ fn each_bad_field_is_named_in_one_answer() {
 #[test]
 fn an_accepted_record_is_answered_202_with_its_location_and_then_readable_with_an_etag() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), &[]);
+    let server = TestServer::start_or_remote(dir.path());
     let client = blocking_client();
-    let record = json!({"id": "usr-ada", "name": "Ada Lovelace", "email": "ada@example.com", "age": 36,
+    let id = unique("usr-ada");
+    let record = json!({"id": id, "name": "Ada Lovelace", "email": "ada@example.com", "age": 36,
                         "country": "GB", "attributes": {"plan": "pro", "tags": ["math"]}});
-    for content_type in ["application/json", "Application/JSON; charset=utf-8"] {
-        let r = client
-            .post(server.url("/api/users"))
-            .header("content-type", content_type)
-            .body(record.to_string())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 202, "{content_type}");
-        assert_eq!(r.headers()["location"], "/api/users/usr-ada");
-        let body: Value = r.json().unwrap();
-        assert_eq!(body, json!({"id": "usr-ada", "status": "accepted"}));
-    }
+    let r = client
+        .post(server.url("/api/users"))
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .body(record.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202, "the media type is compared case-insensitively, parameters allowed");
+    assert_eq!(r.headers()["location"], format!("/api/users/{id}").as_str());
+    let body: Value = r.json().unwrap();
+    assert_eq!(body, json!({"id": id, "status": "accepted"}));
 
-    // Both POSTs were accepted; wait until both messages are consumed so the version is final.
-    support::eventually("the queue drains", Duration::from_secs(10), || support::queued(dir.path()) == 0);
-    let doc = wait_for_user(&client, &server, "usr-ada", Duration::from_secs(10));
+    let doc = wait_for_user(&client, &server, &id, Duration::from_secs(30));
     let ingested_at = doc["ingestedAt"].as_str().expect("ingestedAt").to_owned();
     let mut without_time = doc.clone();
     without_time.as_object_mut().unwrap().remove("ingestedAt");
@@ -121,106 +128,43 @@ fn an_accepted_record_is_answered_202_with_its_location_and_then_readable_with_a
     assert!(time::OffsetDateTime::parse(&ingested_at, &time::format_description::well_known::Rfc3339).is_ok());
     assert!(ingested_at.ends_with('Z'), "{ingested_at}");
 
-    let r = client.get(server.url("/api/users/usr-ada")).send().unwrap();
-    assert_eq!(r.headers()["content-type"], "application/json");
+    let url = server.url(&format!("/api/users/{id}"));
+    let r = client.get(&url).send().unwrap();
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
     let etag = r.headers()["etag"].to_str().unwrap().to_owned();
     assert!(etag.starts_with('"') && etag.ends_with('"'));
-    let r = client.get(server.url("/api/users/usr-ada")).header("if-none-match", &etag).send().unwrap();
+    let r = client.get(&url).header("if-none-match", &etag).send().unwrap();
     assert_eq!(r.status(), 304);
     assert_eq!(r.headers()["etag"], etag.as_str());
-    let r = client.get(server.url("/api/users/usr-ada")).header("if-none-match", "\"stale\"").send().unwrap();
+    let r = client.get(&url).header("if-none-match", "\"stale\"").send().unwrap();
     assert_eq!(r.status(), 200);
 }
 
 #[test]
 fn a_record_without_id_gets_a_uuid_that_reads_back() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), &[]);
+    let server = TestServer::start_or_remote(dir.path());
     let client = blocking_client();
     let (status, body) =
         post_user(&client, &server, r#"{"name":"Grace Hopper","email":"grace@example.com"}"#);
     assert_eq!(status, 202);
     let id = body["id"].as_str().unwrap();
     assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
-    let doc = wait_for_user(&client, &server, id, Duration::from_secs(10));
+    let doc = wait_for_user(&client, &server, id, Duration::from_secs(30));
     assert_eq!(doc["name"], "Grace Hopper");
     assert_eq!(doc["id"], id);
 }
 
 #[test]
-fn wrong_methods_get_405_and_unknown_paths_404_as_problem_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), &[]);
-    let client = blocking_client();
-    for (method, path, allow) in [
-        (reqwest::Method::DELETE, "/api/users/x", "GET"),
-        (reqwest::Method::PUT, "/api/users", "POST"),
-        (reqwest::Method::GET, "/api/users", "POST"),
-        (reqwest::Method::GET, "/ingest-consume", "POST"),
-        (reqwest::Method::POST, "/api/health", "GET"),
-    ] {
-        let r = client.request(method.clone(), server.url(path)).send().unwrap();
-        assert_eq!(r.status(), 405, "{method} {path}");
-        assert!(r.headers()["allow"].to_str().unwrap().contains(allow), "{method} {path}");
-        assert_eq!(r.headers()["content-type"], "application/problem+json");
-    }
-    let r = client.get(server.url("/api/nothing-here")).send().unwrap();
-    assert_eq!(r.status(), 404);
-    assert_eq!(r.headers()["content-type"], "application/problem+json");
-}
-
-#[test]
-fn the_record_limit_is_configurable_and_stated_in_the_413() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), &[("MAX_RECORD_BYTES", "2048")]);
-    let client = blocking_client();
-    let big =
-        json!({"name": "A", "email": "a@example.com", "attributes": {"blob": "x".repeat(3000)}}).to_string();
-    let (status, body) = post_user(&client, &server, &big);
-    assert_eq!(status, 413);
-    assert_eq!(body["maxBytes"], 2048);
-    assert!(body["detail"].as_str().unwrap().contains("2048"));
-
-    // A chunked body with no Content-Length is cut off while it is read.
-    // reqwest's blocking Body from a reader sends chunked transfer encoding.
-    let chunks = std::io::Cursor::new(big.into_bytes());
-    let r = client
-        .post(server.url("/api/users"))
-        .header("content-type", "application/json")
-        .body(reqwest::blocking::Body::new(chunks))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 413);
-}
-
-#[test]
 fn the_readiness_probe_and_health_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), &[]);
+    let server = TestServer::start_or_remote(dir.path());
     let client = blocking_client();
     assert_eq!(client.get(server.url("/")).send().unwrap().status(), 200);
     let health = support::health(&client, &server);
     assert_eq!(health["status"], "ok");
-    assert_eq!(health["backend"], "embedded");
+    let expected_backend = if server.is_remote() { "azure" } else { "embedded" };
+    assert_eq!(health["backend"], expected_backend);
     assert_eq!(health["checks"]["topic"]["up"], true);
     assert_eq!(health["checks"]["store"]["up"], true);
-}
-
-#[test]
-fn logs_carry_ids_but_never_names_or_emails() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(dir.path(), &[]);
-    let client = blocking_client();
-    let (status, body) = post_user(
-        &client,
-        &server,
-        r#"{"id":"pii-1","name":"Zebulon Quarrington","email":"zq@secret.example"}"#,
-    );
-    assert_eq!(status, 202, "{body}");
-    wait_for_user(&client, &server, "pii-1", Duration::from_secs(10));
-    let (status, _) = post_user(&client, &server, r#"{"name":"Zebulon Quarrington","email":"zq@"}"#);
-    assert_eq!(status, 400);
-    let logs = server.stop();
-    assert!(logs.contains("pii-1"), "the user id should be logged");
-    assert!(!logs.contains("Zebulon") && !logs.contains("zq@"), "personal data in logs:\n{logs}");
 }

@@ -28,9 +28,10 @@ pub fn users() -> Vec<Value> {
         .collect()
 }
 
-/// The service binary, running until dropped.
+/// The service under test: the binary started here, running until dropped, or — for the
+/// integration run after a deployment — the deployed service named by `INGEST_BASE_URL`.
 pub struct TestServer {
-    child: Child,
+    child: Option<Child>,
     pub base: String,
     pub data_dir: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
@@ -85,9 +86,32 @@ impl TestServer {
                 );
             }
         };
-        let server = Self { child, base: format!("http://{addr}"), data_dir: data_dir.to_owned(), logs };
+        let server =
+            Self { child: Some(child), base: format!("http://{addr}"), data_dir: data_dir.to_owned(), logs };
         server.wait_until_ready();
         server
+    }
+
+    /// The deployed service when `INGEST_BASE_URL` is set (its function key in
+    /// `INGEST_API_KEY`), else the binary started here with a fresh data directory.
+    pub fn start_or_remote(data_dir: &Path) -> Self {
+        match std::env::var("INGEST_BASE_URL").ok().filter(|u| !u.is_empty()) {
+            Some(base) => {
+                let server = Self {
+                    child: None,
+                    base: base.trim_end_matches('/').to_owned(),
+                    data_dir: data_dir.to_owned(),
+                    logs: Arc::default(),
+                };
+                server.wait_until_ready();
+                server
+            }
+            None => Self::start(data_dir, &[]),
+        }
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.child.is_none()
     }
 
     fn wait_until_ready(&self) {
@@ -113,11 +137,12 @@ impl TestServer {
 
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(mut self) -> String {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let child = self.child.as_mut().expect("stop() needs the binary started here");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(exit) = self.child.try_wait().unwrap() {
+            if let Some(exit) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 std::thread::sleep(Duration::from_millis(100));
                 let logs = self.logs();
                 assert!(exit.success(), "the service exited with {exit} on SIGTERM:\n{logs}");
@@ -130,20 +155,34 @@ impl TestServer {
 
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        let child = self.child.as_mut().expect("kill9() needs the binary started here");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
+/// A client for the service; it sends the function key (`INGEST_API_KEY`) when one is set.
 pub fn blocking_client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = std::env::var("INGEST_API_KEY").ok().filter(|k| !k.is_empty()) {
+        let mut value = reqwest::header::HeaderValue::from_str(&key).expect("INGEST_API_KEY is header-safe");
+        value.set_sensitive(true);
+        headers.insert("x-functions-key", value);
+    }
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 /// POSTs one record as JSON and returns the status and the parsed body.
