@@ -47,7 +47,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    telemetry::init();
+    let _logs = telemetry::init();
     let overrides = config::Overrides { port: args.port, host: args.host, data_dir: args.data_dir };
     let config = match config::Config::from_env(overrides) {
         Ok(config) => config,

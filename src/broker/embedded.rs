@@ -236,6 +236,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 
 fn write_loop(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, published: Arc<Notify>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
+    let mut synced = true;
     // Ends when every sender is gone: all accepted work has been committed and answered.
     while let Some(first) = jobs.blocking_recv() {
         group.push(first);
@@ -245,9 +246,27 @@ fn write_loop(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, published: Ar
                 Err(_) => break,
             }
         }
-        let result = commit_group(&mut conn, &group).map_err(|e| {
+        // A publish (or a parked letter) is acknowledged to a client: it must be on disk before
+        // the answer, so its commit is fsync'd. A group of settlements alone need not be: a
+        // lost ack only means a redelivery, which the idempotent consumer absorbs, and the
+        // next synced commit makes it durable anyway (WAL is sequential).
+        let must_sync = group.iter().any(|job| !matches!(job.command, Command::Settle(_)));
+        if must_sync != synced {
+            let mode = if must_sync { "FULL" } else { "NORMAL" };
+            if let Err(e) = conn.pragma_update(None, "synchronous", mode) {
+                tracing::error!(error = %e, "cannot set the queue's synchronous mode");
+            } else {
+                synced = must_sync;
+            }
+        }
+        let result = if must_sync && !synced {
+            Err("the queue cannot sync its commits".to_owned())
+        } else {
+            commit_group(&mut conn, &group).map_err(|e| e.to_string())
+        }
+        .map_err(|e| {
             tracing::error!(error = %e, commands = group.len(), "queue commit failed");
-            e.to_string()
+            e
         });
         let any_publish = group.iter().any(|job| matches!(job.command, Command::Publish(_)));
         for job in group.drain(..) {

@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use super::problem::ApiError;
-use super::AppState;
+use super::{AppState, LogIds};
 use crate::broker::OutgoingMessage;
 use crate::domain::NewUser;
 
@@ -35,14 +35,16 @@ pub async fn create_user(
         tracing::warn!(error = %e, %message_id, "publish failed; answering 503");
         ApiError::Unavailable { what: "topic", retry_after: e.retry_after() }
     })?;
-    tracing::info!(user_id = %doc.id, %message_id, "record accepted");
-
     let location = format!("/api/users/{}", doc.id);
     let mut response =
         (StatusCode::ACCEPTED, axum::Json(json!({"id": doc.id, "status": "accepted"}))).into_response();
     response
         .headers_mut()
         .insert(header::LOCATION, HeaderValue::from_str(&location).expect("user ids are ASCII header-safe"));
+    // The request's one log line carries the ids.
+    response
+        .extensions_mut()
+        .insert(LogIds { user_id: Some(doc.id.to_string()), message_id: Some(message_id) });
     Ok(response)
 }
 

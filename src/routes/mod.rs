@@ -10,14 +10,12 @@ pub mod problem;
 mod users;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::Response;
+use axum::middleware::Next;
 use axum::routing::{get, post};
 use axum::Router;
-use tower_http::trace::TraceLayer;
-use tracing::Span;
 
 use crate::broker::{DeadLetterStore, Publisher};
 use crate::clock::Clock;
@@ -53,28 +51,36 @@ pub fn router(state: AppState) -> Router {
         .route(CONSUME_PATH, post(consume::consume).layer(DefaultBodyLimit::max(MAX_INVOCATION_BYTES)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
-                    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str());
-                    let invocation_id = request
-                        .headers()
-                        .get("x-azure-functions-invocationid")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    tracing::info_span!("request", method = %request.method(), route, invocation_id)
-                })
-                .on_request(())
-                .on_response(|response: &Response<_>, latency: Duration, _span: &Span| {
-                    tracing::info!(
-                        status = response.status().as_u16(),
-                        latency_us = latency.as_micros() as u64,
-                        "request"
-                    );
-                })
-                .on_failure(()),
-        )
+        .layer(axum::middleware::from_fn(access_log))
         .with_state(state)
+}
+
+/// Identifiers a handler puts on its response for the request's log line.
+#[derive(Debug, Clone, Default)]
+pub struct LogIds {
+    pub user_id: Option<String>,
+    pub message_id: Option<String>,
+}
+
+/// One JSON log line per request: method, route (the matched pattern, not the raw path),
+/// status, latency, the host's invocation id and the ids the handler reported.
+async fn access_log(request: Request, next: Next) -> axum::response::Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let invocation_id = request.headers().get("x-azure-functions-invocationid").cloned();
+    let response = next.run(request).await;
+    let ids = response.extensions().get::<LogIds>();
+    crate::telemetry::access(&crate::telemetry::Access {
+        method: method.as_str(),
+        route: route.as_ref().map_or("unmatched", |r| r.as_str()),
+        status: response.status().as_u16(),
+        latency_us: started.elapsed().as_micros() as u64,
+        invocation_id: invocation_id.as_ref().and_then(|v| v.to_str().ok()),
+        user_id: ids.and_then(|i| i.user_id.as_deref()),
+        message_id: ids.and_then(|i| i.message_id.as_deref()),
+    });
+    response
 }
 
 /// The host's readiness probe: any answer counts, so answer at once.

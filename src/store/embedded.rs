@@ -25,11 +25,12 @@ CREATE TABLE IF NOT EXISTS users (
 /// How long a write waits for a lock before it counts as unavailable.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
 const RETRY_AFTER: Duration = Duration::from_secs(1);
-const READERS: usize = 4;
+/// Reads run inline on the runtime's threads (two on this machine's kind), so few readers do.
+const READERS: usize = 2;
 
 pub struct SqliteUserStore {
     writer: Arc<Mutex<Connection>>,
-    readers: Arc<Vec<Mutex<Connection>>>,
+    readers: Vec<Mutex<Connection>>,
 }
 
 impl SqliteUserStore {
@@ -38,7 +39,7 @@ impl SqliteUserStore {
         writer.execute_batch(SCHEMA)?;
         let readers =
             (0..READERS).map(|_| open_connection(path).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers: Arc::new(readers) })
+        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers })
     }
 
     /// How many users are stored.
@@ -50,22 +51,20 @@ impl SqliteUserStore {
         .map(|n| n as u64)
     }
 
+    /// Runs a read on a pooled connection, inline: a point read by primary key takes
+    /// microseconds and WAL readers never wait for the writer, so handing it to the blocking
+    /// pool would cost more than it saves.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T>,
     {
-        let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || {
-            // Take the first free reader; if all are busy, wait for one picked by thread.
-            let conn = readers.iter().find_map(|r| r.try_lock().ok()).unwrap_or_else(|| {
-                let i = thread_index() % readers.len();
-                readers[i].lock().unwrap_or_else(|p| p.into_inner())
-            });
-            f(&conn).map_err(unavailable)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable { reason: e.to_string(), retry_after: RETRY_AFTER })?
+        // Take the first free reader; if all are busy, wait for one picked by thread.
+        let readers = &self.readers;
+        let conn = readers.iter().find_map(|r| r.try_lock().ok()).unwrap_or_else(|| {
+            let i = thread_index() % readers.len();
+            readers[i].lock().unwrap_or_else(|p| p.into_inner())
+        });
+        f(&conn).map_err(unavailable)
     }
 }
 

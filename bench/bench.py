@@ -1,0 +1,246 @@
+"""Benchmark of data-ingestion-api against a bare axum baseline, in one run on one machine.
+
+Every figure that depends on the machine is reported as a ratio to the baseline measured in the
+same run: these machines are shared and noisy. See docs/performance.md for the targets.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target/release/data-ingestion-api")
+BASELINE = os.path.join(ROOT, "target/release/examples/baseline_echo")
+LATENCY = os.path.join(ROOT, "target/release/examples/bench_latency")
+USERS = os.path.join(ROOT, "tests/data/users.ndjson")
+IMPORT_RECORDS = 20_000
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url, timeout=2.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def wait_answer(port, deadline_s=30.0):
+    """Seconds from now until GET / answers, polling as fast as a connect can go."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < deadline_s:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if s.recv(16).startswith(b"HTTP/1.1"):
+                    return time.perf_counter() - start
+        except OSError:
+            time.sleep(0.0005)
+    raise RuntimeError(f"nothing answered on port {port}")
+
+
+def start_service(data_dir, port, log_path):
+    env = dict(os.environ, DATA_DIR=data_dir, RUST_LOG="info")
+    env.pop("FUNCTIONS_CUSTOMHANDLER_PORT", None)
+    out = open(log_path, "ab")
+    return subprocess.Popen([BIN, "serve", "--port", str(port)], env=env, stdout=out, stderr=out)
+
+
+def start_baseline(port):
+    return subprocess.Popen([BASELINE, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def startup_time(kind, runs, workdir):
+    times = []
+    for i in range(runs):
+        port = free_port()
+        t0 = time.perf_counter()
+        if kind == "service":
+            proc = start_service(os.path.join(workdir, f"startup-{i}"), port, os.path.join(workdir, "startup.log"))
+        else:
+            proc = start_baseline(port)
+        try:
+            wait_answer(port)
+            times.append(time.perf_counter() - t0)
+        finally:
+            proc.terminate()
+            proc.wait()
+    return statistics.median(times) * 1000
+
+
+def wrk(url, script, seconds, connections, env):
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", os.path.join(ROOT, "bench", script), url],
+        env=dict(os.environ, **env), capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    return {
+        "rps": rps,
+        "non_2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": errors.group(0) if errors else None,
+        "p99_ms": float(p99.group(1)) * scale[p99.group(2)] if p99 else None,
+    }
+
+
+def health(port):
+    return json.loads(http_get(f"http://127.0.0.1:{port}/api/health")[1])
+
+
+def wait_drained(port, timeout=120.0):
+    """Seconds until the queue is empty."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if health(port)["checks"]["topic"]["depth"] == 0:
+            return time.perf_counter() - start
+        time.sleep(0.01)
+    raise RuntimeError("the queue did not drain")
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def prepare(workdir):
+    records = [json.loads(line) for line in open(USERS)]
+    bodies = os.path.join(workdir, "bodies.ndjson")
+    with open(bodies, "w") as f:
+        for r in records:
+            r = {k: v for k, v in r.items() if k != "id"}
+            f.write(json.dumps({"id": "__ID__", **r}, ensure_ascii=False, separators=(",", ":")) + "\n")
+    to_import = os.path.join(workdir, "import.ndjson")
+    with open(to_import, "w") as f:
+        for i in range(IMPORT_RECORDS):
+            r = {k: v for k, v in records[i % len(records)].items() if k != "id"}
+            f.write(json.dumps({"id": f"imp-{i}", **r}, ensure_ascii=False, separators=(",", ":")) + "\n")
+    return bodies, to_import
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections, the same for both servers")
+    args = parser.parse_args()
+
+    log("building release binaries")
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "data-ingestion-api",
+                    "--example", "baseline_echo", "--example", "bench_latency"], cwd=ROOT, check=True)
+    if not shutil.which("wrk"):
+        log("installing wrk (Debian package)")
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, stdout=subprocess.DEVNULL)
+
+    workdir = tempfile.mkdtemp(prefix="bench-")
+    bodies, to_import = prepare(workdir)
+    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+               "connections": args.connections, "duration_s": args.duration}
+
+    log("startup: exec to the first answer on GET /, median of 5")
+    results["startup_ms"] = {"service": startup_time("service", 5, workdir), "baseline": startup_time("baseline", 5, workdir)}
+
+    base_port, svc_port = free_port(), free_port()
+    baseline = start_baseline(base_port)
+    service = start_service(os.path.join(workdir, "data"), svc_port, os.path.join(workdir, "service.log"))
+    try:
+        wait_answer(base_port)
+        wait_answer(svc_port)
+        while True:  # the API is ready once health answers
+            try:
+                health(svc_port)
+                break
+            except Exception:
+                time.sleep(0.01)
+
+        log(f"import: {IMPORT_RECORDS} records with the import command")
+        t0 = time.perf_counter()
+        out = subprocess.run([BIN, "import", to_import, "--url", f"http://127.0.0.1:{svc_port}", "--quiet",
+                              "--concurrency", str(args.connections),
+                              "--accepted", os.path.join(workdir, "accepted.ndjson")],
+                             capture_output=True, text=True, cwd=workdir)
+        import_s = time.perf_counter() - t0
+        if out.returncode != 0:
+            raise RuntimeError(f"import failed: {out.stdout}{out.stderr}")
+        results["import"] = {"records": IMPORT_RECORDS, "seconds": import_s, "rps": IMPORT_RECORDS / import_s}
+        wait_drained(svc_port)
+
+        log("GET /api/users/{id}: service, then baseline")
+        env = {"BENCH_IDS": str(IMPORT_RECORDS)}
+        results["get"] = {"service": wrk(f"http://127.0.0.1:{svc_port}", "get.lua", args.duration, args.connections, env),
+                          "baseline": wrk(f"http://127.0.0.1:{base_port}", "get.lua", args.duration, args.connections, env)}
+
+        log("POST /api/users: service, then baseline")
+        env = {"BENCH_BODIES": bodies}
+        post_service = wrk(f"http://127.0.0.1:{svc_port}", "post.lua", args.duration, args.connections, env)
+        drain_s = wait_drained(svc_port)
+        post_baseline = wrk(f"http://127.0.0.1:{base_port}", "post.lua", args.duration, args.connections, env)
+        results["post"] = {"service": post_service, "baseline": post_baseline, "queue_drained_s": drain_s}
+
+        rate = max(1.0, post_service["rps"] / 2)
+        log(f"accept→readable latency at half the measured POST rate ({rate:.0f}/s)")
+        out = subprocess.run([LATENCY, f"http://127.0.0.1:{svc_port}", f"{rate:.0f}", str(args.duration), bodies, "10"],
+                             capture_output=True, text=True, check=True)
+        results["latency"] = json.loads(out.stdout)
+        results["peak_rss_mib"] = {"service": peak_rss_mib(service.pid), "baseline": peak_rss_mib(baseline.pid)}
+        results["stored"] = health(svc_port)["checks"]["store"]["documents"]
+    finally:
+        service.terminate()
+        baseline.terminate()
+        service.wait()
+        baseline.wait()
+
+    r = results
+    ratio = lambda a, b: a / b if b else float("nan")
+    rows = [
+        ("POST /api/users (202 = durable), req/s", r["post"]["service"]["rps"], r["post"]["baseline"]["rps"],
+         ratio(r["post"]["service"]["rps"], r["post"]["baseline"]["rps"]), ">= 0.6x baseline"),
+        ("GET /api/users/{id}, req/s", r["get"]["service"]["rps"], r["get"]["baseline"]["rps"],
+         ratio(r["get"]["service"]["rps"], r["get"]["baseline"]["rps"]), ">= 0.8x baseline"),
+        ("accept->readable p50, ms", r["latency"]["p50_ms"], None, None, ""),
+        ("accept->readable p99, ms", r["latency"]["p99_ms"], None, None, "<= 25 ms"),
+        ("startup to first answer, ms", r["startup_ms"]["service"], r["startup_ms"]["baseline"],
+         ratio(r["startup_ms"]["service"], r["startup_ms"]["baseline"]), "<= 50 ms"),
+        ("peak RSS under load, MiB", r["peak_rss_mib"]["service"], r["peak_rss_mib"]["baseline"],
+         ratio(r["peak_rss_mib"]["service"], r["peak_rss_mib"]["baseline"]), "<= 64 MiB"),
+        ("import of 20,000 records, records/s", r["import"]["rps"], r["post"]["service"]["rps"],
+         ratio(r["import"]["rps"], r["post"]["service"]["rps"]), ">= 0.8x POST rate"),
+        ("queue drained after the POST load, s", r["post"]["queue_drained_s"], None, None, "<= 1 s"),
+    ]
+    r["table"] = [dict(zip(["measure", "service", "baseline", "ratio", "target"], row)) for row in rows]
+    os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench/results/latest.json"), "w") as f:
+        json.dump(r, f, indent=2)
+
+    fmt = lambda v: "" if v is None else f"{v:,.2f}" if isinstance(v, float) else str(v)
+    print(f"\nmachine: {r['machine']['cpus']} CPUs, {r['machine']['platform']}; wrk -t2 -c{args.connections} -d{args.duration}s")
+    print(f"| {'measure':<42} | {'service':>12} | {'baseline':>12} | {'ratio':>6} | {'target':<18} |")
+    print(f"|{'-' * 44}|{'-' * 14}|{'-' * 14}|{'-' * 8}|{'-' * 20}|")
+    for m, s, b, q, t in rows:
+        print(f"| {m:<42} | {fmt(s):>12} | {fmt(b):>12} | {fmt(q):>6} | {t:<18} |")
+    print(f"\nnon-2xx: POST {r['post']['service']['non_2xx']}, GET {r['get']['service']['non_2xx']}; "
+          f"latency samples {r['latency']['samples']}, errors {r['latency']['errors']}; documents stored {r['stored']}")
+    print("written: bench/results/latest.json")
+
+
+if __name__ == "__main__":
+    main()
