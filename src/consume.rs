@@ -124,7 +124,12 @@ pub fn decode(body: &MessageBody) -> Result<Value, String> {
         match value {
             Value::Object(_) => return Ok(value),
             Value::String(text) => value = parse_text(text.as_bytes())?,
-            other => return Err(format!("the message must hold a JSON object, not {}", json_kind(&other))),
+            other => {
+                return Err(format!(
+                    "the message must hold a JSON object, not {}",
+                    crate::domain::json_kind(&other)
+                ))
+            }
         }
     }
     match value {
@@ -145,17 +150,6 @@ fn parse_text(bytes: &[u8]) -> Result<Value, String> {
                 Err(_) => Err(format!("the message is not JSON: {json_error}")),
             }
         }
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -8,5 +8,6 @@ mod email;
 mod user;
 
 pub use user::{
-    FieldError, NewUser, UserDocument, UserId, MAX_ATTRIBUTES_BYTES, MAX_ATTRIBUTES_DEPTH, MAX_NAME_CHARS,
+    json_kind, FieldError, NewUser, UserDocument, UserId, MAX_ATTRIBUTES_BYTES, MAX_ATTRIBUTES_DEPTH,
+    MAX_NAME_CHARS,
 };

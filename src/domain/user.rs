@@ -109,7 +109,7 @@ impl NewUser {
         let Value::Object(fields) = body else {
             return Err(vec![FieldError::new(
                 "",
-                format!("the body must be a JSON object, not {}", kind(&body)),
+                format!("the body must be a JSON object, not {}", json_kind(&body)),
             )]);
         };
         let (user, _) = parse_fields(fields, false)?;
@@ -144,7 +144,7 @@ impl UserDocument {
         let Value::Object(fields) = body else {
             return Err(vec![FieldError::new(
                 "",
-                format!("the message must be a JSON object, not {}", kind(&body)),
+                format!("the message must be a JSON object, not {}", json_kind(&body)),
             )]);
         };
         let (user, ingested_at) = parse_fields(fields, true)?;
@@ -183,7 +183,10 @@ fn parse_fields(
                 }
             },
             Some(other) => {
-                errors.push(FieldError::new("ingestedAt", format!("must be a string, not {}", kind(&other))));
+                errors.push(FieldError::new(
+                    "ingestedAt",
+                    format!("must be a string, not {}", json_kind(&other)),
+                ));
                 None
             }
         }
@@ -207,7 +210,7 @@ fn parse_fields(
             }
         },
         Some(other) => {
-            errors.push(FieldError::new("id", format!("must be a string, not {}", kind(&other))));
+            errors.push(FieldError::new("id", format!("must be a string, not {}", json_kind(&other))));
             None
         }
     };
@@ -237,7 +240,7 @@ fn parse_fields(
             }
         }
         Some(other) => {
-            errors.push(FieldError::new("name", format!("must be a string, not {}", kind(&other))));
+            errors.push(FieldError::new("name", format!("must be a string, not {}", json_kind(&other))));
             None
         }
     };
@@ -255,7 +258,7 @@ fn parse_fields(
             }
         },
         Some(other) => {
-            errors.push(FieldError::new("email", format!("must be a string, not {}", kind(&other))));
+            errors.push(FieldError::new("email", format!("must be a string, not {}", json_kind(&other))));
             None
         }
     };
@@ -274,7 +277,7 @@ fn parse_fields(
             }
         },
         Some(other) => {
-            errors.push(FieldError::new("age", format!("must be an integer, not {}", kind(&other))));
+            errors.push(FieldError::new("age", format!("must be an integer, not {}", json_kind(&other))));
             None
         }
     };
@@ -290,7 +293,7 @@ fn parse_fields(
             None
         }
         Some(other) => {
-            errors.push(FieldError::new("country", format!("must be a string, not {}", kind(&other))));
+            errors.push(FieldError::new("country", format!("must be a string, not {}", json_kind(&other))));
             None
         }
     };
@@ -319,8 +322,10 @@ fn parse_fields(
             }
         }
         Some(other) => {
-            errors
-                .push(FieldError::new("attributes", format!("must be a JSON object, not {}", kind(&other))));
+            errors.push(FieldError::new(
+                "attributes",
+                format!("must be a JSON object, not {}", json_kind(&other)),
+            ));
             None
         }
     };
@@ -342,7 +347,8 @@ fn depth(value: &Value) -> usize {
     }
 }
 
-fn kind(value: &Value) -> &'static str {
+/// How a JSON value is named in an error message.
+pub fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
