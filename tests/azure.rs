@@ -218,3 +218,29 @@ fn a_missing_azure_setting_stops_start_up_naming_it_after_the_listener_is_bound(
     assert!(listening < error, "{stdout}");
     assert!(!stdout.contains("SECRETVALUE") && !stderr.contains("SECRETVALUE"), "a secret leaked");
 }
+
+#[test]
+fn the_import_command_retries_503_honouring_retry_after_until_every_record_is_accepted() {
+    let cosmos = CosmosServer::start();
+    let servicebus = FakeServiceBus::start("users");
+    let (dir, server) = start_azure(&cosmos, &servicebus, &[("SERVICEBUS_MAX_ATTEMPTS", "1")]);
+    // The topic refuses the first five sends with 503 and Retry-After: 1, so the API answers
+    // those POSTs 503 with Retry-After: 1, and the importer must wait and retry them.
+    servicebus.set_mode(Mode::FailTimes { n: 5, status: 503, retry_after: Some(1) });
+    let input = dir.path().join("twenty.ndjson");
+    let lines: Vec<String> = support::users().into_iter().take(20).map(|u| u.to_string()).collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let started = Instant::now();
+    let output = std::process::Command::new(support::BIN)
+        .args(["import", "--url", &server.base, "--concurrency", "4"])
+        .arg(&input)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("20 records, 20 accepted, 0 rejected, 0 failed"), "{stdout}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was not honoured");
+    assert_eq!(servicebus.attempts(), 25);
+    assert_eq!(servicebus.captured().len(), 20, "each record is in the topic once");
+}

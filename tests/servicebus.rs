@@ -95,7 +95,7 @@ fn a_throttled_or_failing_topic_is_retried_then_reported_with_its_retry_after() 
 #[test]
 fn a_transient_failure_followed_by_success_publishes_once() {
     let fake = FakeServiceBus::start("users");
-    fake.set_mode(Mode::FailTimes { n: 2, status: 500 });
+    fake.set_mode(Mode::FailTimes { n: 2, status: 500, retry_after: None });
     runtime().block_on(publisher(&fake, KEY, 2000).publish(vec![message("m-1")])).unwrap();
     assert_eq!(fake.attempts(), 3);
     assert_eq!(fake.captured().len(), 1);

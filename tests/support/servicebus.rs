@@ -45,10 +45,11 @@ pub enum Mode {
         status: u16,
         retry_after: Option<u64>,
     },
-    /// Fail the next `n` sends with `status`, then accept.
+    /// Fail the next `n` sends with `status` (and `Retry-After` when given), then accept.
     FailTimes {
         n: usize,
         status: u16,
+        retry_after: Option<u64>,
     },
     /// Never answer.
     Hang,
@@ -153,11 +154,18 @@ async fn send(
             }
             return response;
         }
-        Mode::FailTimes { n, status } => {
+        Mode::FailTimes { n, status, retry_after } => {
             if n > 0 {
-                shared.lock().unwrap().mode =
-                    Some(if n == 1 { Mode::Accept } else { Mode::FailTimes { n: n - 1, status } });
-                return StatusCode::from_u16(status).unwrap().into_response();
+                shared.lock().unwrap().mode = Some(if n == 1 {
+                    Mode::Accept
+                } else {
+                    Mode::FailTimes { n: n - 1, status, retry_after }
+                });
+                let mut response = StatusCode::from_u16(status).unwrap().into_response();
+                if let Some(secs) = retry_after {
+                    response.headers_mut().insert("retry-after", secs.into());
+                }
+                return response;
             }
         }
         Mode::Hang => {
