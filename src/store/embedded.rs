@@ -31,6 +31,22 @@ const READERS: usize = 2;
 pub struct SqliteUserStore {
     writer: Arc<Mutex<Connection>>,
     readers: Vec<Mutex<Connection>>,
+    /// The documents this process wrote most recently, as committed: a write-through cache,
+    /// filled only by writes (a read never fills it, so it can never hold a stale version:
+    /// every write to the file goes through this store), bounded by [`CACHE_BYTES`].
+    recent: Arc<quick_cache::sync::Cache<String, StoredUser, DocumentWeight>>,
+}
+
+/// The most memory the write-through cache may hold.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Clone)]
+struct DocumentWeight;
+
+impl quick_cache::Weighter<String, StoredUser> for DocumentWeight {
+    fn weight(&self, id: &String, doc: &StoredUser) -> u64 {
+        (id.len() + doc.json.len() + doc.etag.len() + 96) as u64
+    }
 }
 
 impl SqliteUserStore {
@@ -39,7 +55,9 @@ impl SqliteUserStore {
         writer.execute_batch(SCHEMA)?;
         let readers =
             (0..READERS).map(|_| open_connection(path).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers })
+        let recent =
+            Arc::new(quick_cache::sync::Cache::with_weighter(32 * 1024, CACHE_BYTES, DocumentWeight));
+        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers, recent })
     }
 
     /// How many users are stored.
@@ -80,8 +98,11 @@ impl UserStore for SqliteUserStore {
         writes: Vec<(UserDocument, WriteVersion)>,
     ) -> Result<Vec<UpsertOutcome>, StoreError> {
         let writer = self.writer.clone();
+        let recent = self.recent.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            let rows: Vec<(String, String)> =
+                writes.iter().map(|(doc, version)| (doc.to_json(), version.message_id.clone())).collect();
             let tx = conn.transaction()?;
             let mut outcomes = Vec::with_capacity(writes.len());
             {
@@ -93,11 +114,11 @@ impl UserStore for SqliteUserStore {
                      WHERE excluded.ingested_at_ns > users.ingested_at_ns
                         OR (excluded.ingested_at_ns = users.ingested_at_ns AND excluded.sequence >= users.sequence)",
                 )?;
-                for (doc, version) in &writes {
+                for ((doc, version), (json, etag)) in writes.iter().zip(&rows) {
                     let changed = upsert.execute(params![
                         doc.id.as_str(),
-                        doc.to_json(),
-                        version.message_id,
+                        json,
+                        etag,
                         doc.ingested_at.unix_timestamp_nanos() as i64,
                         version.sequence
                     ])?;
@@ -105,6 +126,12 @@ impl UserStore for SqliteUserStore {
                 }
             }
             tx.commit()?;
+            // Still under the writer's lock, so the cache sees the commits in their order.
+            for (((doc, _), (json, etag)), outcome) in writes.iter().zip(rows).zip(&outcomes) {
+                if *outcome == UpsertOutcome::Written {
+                    recent.insert(doc.id.as_str().to_owned(), StoredUser { json, etag });
+                }
+            }
             Ok(outcomes)
         })
         .await
@@ -113,6 +140,9 @@ impl UserStore for SqliteUserStore {
     }
 
     async fn get(&self, id: &UserId) -> Result<Option<StoredUser>, StoreError> {
+        if let Some(doc) = self.recent.get(id.as_str()) {
+            return Ok(Some(doc));
+        }
         let id = id.as_str().to_owned();
         self.read(move |conn| {
             conn.prepare_cached("SELECT doc, etag FROM users WHERE id = ?1")?

@@ -135,6 +135,13 @@ impl TestServer {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// The output once the service's log buffer has been flushed (every 100 ms): for
+    /// asserting that something was, or was not, logged.
+    pub fn flushed_logs(&self) -> String {
+        std::thread::sleep(Duration::from_millis(300));
+        self.logs()
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(mut self) -> String {
         let child = self.child.as_mut().expect("stop() needs the binary started here");
