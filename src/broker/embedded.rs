@@ -6,7 +6,7 @@
 //! answered before its commit. Reads use their own connection, which WAL lets run beside the
 //! writer.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,7 +84,6 @@ pub struct SqliteQueue {
     jobs: mpsc::Sender<Job>,
     reader: Arc<Mutex<Connection>>,
     published: Arc<Notify>,
-    path: PathBuf,
 }
 
 impl SqliteQueue {
@@ -99,11 +98,7 @@ impl SqliteQueue {
         std::thread::Builder::new()
             .name("queue-writer".into())
             .spawn(move || write_loop(writer, receiver, notify))?;
-        Ok(Self { jobs, reader: Arc::new(Mutex::new(reader)), published, path: path.to_owned() })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Self { jobs, reader: Arc::new(Mutex::new(reader)), published })
     }
 
     /// Resolves when a publish has committed since the last call (or already had).

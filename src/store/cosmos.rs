@@ -181,11 +181,6 @@ pub struct CosmosUserStore {
 }
 
 impl CosmosUserStore {
-    /// The request units this process has spent so far.
-    pub fn request_charge(&self) -> f64 {
-        self.charge.total()
-    }
-
     /// The stored document's version and ETag, or `None` when absent.
     async fn read_version(&self, id: &str) -> Result<Option<(i128, i64, String)>, StoreError> {
         match self.container.read_item(id.to_owned(), id, None).await {
