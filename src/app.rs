@@ -23,6 +23,7 @@ use crate::config::{Backend, Config, CosmosConfig};
 use crate::consume::Consumer;
 use crate::routes::{self, AppState};
 use crate::store::{CosmosStores, SqliteUserStore};
+use crate::telemetry::metrics;
 use crate::worker::{self, WorkerConfig};
 
 /// The file names of the embedded backend under `DATA_DIR`.
@@ -141,6 +142,13 @@ pub async fn serve(
         signalled.cancel();
     });
 
+    // Stopped last, so that it sends what the drain adds.
+    let exporter_stop = CancellationToken::new();
+    let exporter = config
+        .app_insights
+        .clone()
+        .and_then(|insights| crate::telemetry::appinsights::start(insights, exporter_stop.clone()));
+
     let backends = match build(&config, &stop).await {
         Ok(backends) => backends,
         Err(e) => {
@@ -150,6 +158,19 @@ pub async fn serve(
         }
     };
     tracing::info!(backend = backends.state.backend, "backends ready");
+    if let Some(queue) = &backends.queue {
+        let queue = queue.clone();
+        crate::telemetry::on_refresh_gauges(move || {
+            let queue = queue.clone();
+            Box::pin(async move {
+                if let Ok(stats) = queue.stats().await {
+                    let registry = metrics::registry();
+                    registry.set(&metrics::QUEUE_DEPTH, &[], stats.depth as f64);
+                    registry.set(&metrics::DEAD_LETTERS, &[], stats.dead_letters as f64);
+                }
+            })
+        });
+    }
     let worker = match (&backends.queue, config.worker) {
         (Some(queue), true) => {
             let worker_config = WorkerConfig {
@@ -179,6 +200,10 @@ pub async fn serve(
     }
     if let Some(worker) = worker {
         let _ = worker.await;
+    }
+    exporter_stop.cancel();
+    if let Some(exporter) = exporter {
+        let _ = tokio::time::timeout(Duration::from_secs(5), exporter).await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -75,6 +75,16 @@ pub const SETTINGS: &[Setting] = &[
         description: "Log filter (tracing `EnvFilter` syntax); logs are JSON lines on stdout.",
     },
     Setting {
+        name: "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        default: "",
+        description: "When set, requests and metrics are also exported to this Application Insights resource (set by the Functions app).",
+    },
+    Setting {
+        name: "TELEMETRY_EXPORT_INTERVAL_MS",
+        default: "60000",
+        description: "How often metrics (and the requests seen meanwhile) are sent to Application Insights.",
+    },
+    Setting {
         name: "SERVICEBUS_CONNECTION_STRING",
         default: "",
         description: "azure: a send-only Service Bus connection string (`Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=…[;EntityPath=topic]`).",
@@ -264,6 +274,50 @@ pub struct Config {
     pub retry_base: Duration,
     pub retry_max: Duration,
     pub shutdown_grace: Duration,
+    /// Where to export telemetry besides stdout and `/metrics`.
+    pub app_insights: Option<AppInsightsConfig>,
+}
+
+/// An Application Insights resource, from its connection string.
+#[derive(Debug, Clone)]
+pub struct AppInsightsConfig {
+    /// Not a credential, but it lets anyone write telemetry to the resource: kept out of logs.
+    pub instrumentation_key: Secret,
+    /// `{IngestionEndpoint}/v2.1/track`.
+    pub track_url: url::Url,
+    pub interval: Duration,
+}
+
+impl AppInsightsConfig {
+    /// Reads `InstrumentationKey=…;IngestionEndpoint=https://…/;…`. Errors never repeat the value.
+    pub fn parse(connection_string: &str, interval: Duration) -> anyhow::Result<Self> {
+        let mut key = None;
+        let mut endpoint = None;
+        for part in connection_string.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((name, value)) = part.split_once('=') else {
+                bail!("APPLICATIONINSIGHTS_CONNECTION_STRING has a part without `=`");
+            };
+            match name.trim().to_ascii_lowercase().as_str() {
+                "instrumentationkey" => key = Some(value.trim().to_owned()),
+                "ingestionendpoint" => endpoint = Some(value.trim().to_owned()),
+                _ => {}
+            }
+        }
+        let key = key
+            .filter(|k| !k.is_empty())
+            .context("APPLICATIONINSIGHTS_CONNECTION_STRING has no InstrumentationKey")?;
+        // The global endpoint, for connection strings of the old form.
+        let endpoint = endpoint.unwrap_or_else(|| "https://dc.services.visualstudio.com/".into());
+        let mut base =
+            url::Url::parse(&endpoint).ok().filter(|u| matches!(u.scheme(), "https" | "http")).context(
+                "APPLICATIONINSIGHTS_CONNECTION_STRING has an IngestionEndpoint that is not an http(s) URL",
+            )?;
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        let track_url = base.join("v2.1/track").context("cannot build the track URL")?;
+        Ok(Self { instrumentation_key: Secret::new(key), track_url, interval })
+    }
 }
 
 /// Command-line values, which win over the environment (except the host's port).
@@ -347,6 +401,14 @@ impl Config {
             retry_base: Duration::from_millis(parse("RETRY_BACKOFF_MS", "500")?.max(1)),
             retry_max: Duration::from_millis(parse("RETRY_BACKOFF_MAX_MS", "60000")?.max(1)),
             shutdown_grace: Duration::from_secs(parse("SHUTDOWN_GRACE_SECS", "10")?),
+            app_insights: match get("APPLICATIONINSIGHTS_CONNECTION_STRING") {
+                None => None,
+                Some(raw) => {
+                    let interval =
+                        Duration::from_millis(parse("TELEMETRY_EXPORT_INTERVAL_MS", "60000")?.max(50));
+                    Some(AppInsightsConfig::parse(&raw, interval)?)
+                }
+            },
         })
     }
 }

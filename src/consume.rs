@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 
 use crate::domain::{UserDocument, UserId};
 use crate::store::{StoreError, UpsertOutcome, UserStore, WriteVersion};
+use crate::telemetry::metrics;
 
 /// A message as delivered by either subscription.
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct Delivery {
     pub enqueued_at: OffsetDateTime,
     pub sequence: i64,
     pub delivery_count: u32,
+    /// The correlation id it was published with: the trace id of the request that made it.
+    pub correlation_id: Option<String>,
 }
 
 /// The host hands the body over as JSON (an object, or a string holding JSON once or twice
@@ -28,7 +31,8 @@ pub enum MessageBody {
     Bytes(Vec<u8>),
 }
 
-/// What happened to a message.
+/// What happened to a message. `Stored` is counted (with its processing time) here; the
+/// callers count `dead_lettered` and `retried`, since they decide between the two.
 #[derive(Debug)]
 pub enum Outcome {
     /// The user is stored (or a newer version of it already was).
@@ -75,10 +79,21 @@ impl Consumer {
         }
         if !writes.is_empty() {
             let ids: Vec<UserId> = writes.iter().map(|(doc, _)| doc.id.clone()).collect();
-            match self.store.upsert_batch(writes).await {
+            let started = std::time::Instant::now();
+            let written = self.store.upsert_batch(writes).await;
+            metrics::store_operation("upsert", written.is_ok(), started.elapsed());
+            match written {
                 Ok(results) => {
+                    let stored_at = OffsetDateTime::now_utc();
                     for ((slot, id), result) in slots.into_iter().zip(ids).zip(results) {
-                        outcomes[slot] = Some(Outcome::Stored { id, stale: result == UpsertOutcome::Stale });
+                        let stale = result == UpsertOutcome::Stale;
+                        if stale {
+                            metrics::consumed("stale", 1);
+                        } else {
+                            metrics::consumed("stored", 1);
+                            metrics::processed(deliveries[slot].enqueued_at, stored_at);
+                        }
+                        outcomes[slot] = Some(Outcome::Stored { id, stale });
                     }
                 }
                 Err(e) => {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{QueuedMessage, Settlement, SqliteQueue};
 use crate::consume::{Consumer, Delivery, MessageBody, Outcome};
+use crate::telemetry::metrics;
 
 const BATCH: usize = 256;
 /// How long the worker sleeps when nothing is visible and nobody publishes.
@@ -90,6 +91,7 @@ fn delivery(message: QueuedMessage) -> Delivery {
         enqueued_at: message.enqueued_at,
         sequence: message.sequence,
         delivery_count: message.delivery_count,
+        correlation_id: None,
     }
 }
 
@@ -101,15 +103,18 @@ fn settle(config: &WorkerConfig, delivery: &Delivery, outcome: Outcome) -> Settl
             Settlement::Complete { sequence }
         }
         Outcome::Poison { reason } => {
+            metrics::consumed("dead_lettered", 1);
             tracing::warn!(message_id = %delivery.message_id, %reason, "message dead-lettered");
             Settlement::DeadLetter { sequence, reason }
         }
         Outcome::Transient(e) if delivery.delivery_count >= config.max_delivery_count => {
+            metrics::consumed("dead_lettered", 1);
             let reason = format!("max delivery count {} reached; last error: {e}", config.max_delivery_count);
             tracing::error!(message_id = %delivery.message_id, %reason, "message dead-lettered");
             Settlement::DeadLetter { sequence, reason }
         }
         Outcome::Transient(e) => {
+            metrics::consumed("retried", 1);
             let delay = config.backoff(delivery.delivery_count).max(e.retry_after().min(config.retry_max));
             tracing::warn!(
                 message_id = %delivery.message_id, delivery_count = delivery.delivery_count,

@@ -16,27 +16,42 @@ use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime};
 
 use super::problem::ApiError;
-use super::AppState;
+use super::{AppState, LogIds};
 use crate::broker::DeadLetter;
 use crate::consume::{Delivery, MessageBody, Outcome};
+use crate::telemetry::metrics;
 
 /// The binding name of the Service Bus trigger in `ingest-consume/function.json`.
 pub const BINDING: &str = "message";
 
-pub async fn consume(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+pub async fn consume(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let invocation_id =
         headers.get("x-azure-functions-invocationid").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let delivery = parse_invocation(&body, state.clock.now()).map_err(|why| {
-        tracing::error!(%invocation_id, reason = %why, "malformed invocation");
-        ApiError::InvalidInvocation(why)
-    })?;
-    let message_id = delivery.message_id.clone();
+    let delivery = match parse_invocation(&body, state.clock.now()) {
+        Ok(delivery) => delivery,
+        Err(why) => {
+            tracing::error!(%invocation_id, reason = %why, "malformed invocation");
+            return ApiError::InvalidInvocation(why).into_response();
+        }
+    };
+    let (result, user_id) = process(&state, &invocation_id, &delivery).await;
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    // The request's log line and trace item carry the message's ids and its trace.
+    response.extensions_mut().insert(LogIds {
+        user_id,
+        message_id: Some(delivery.message_id.clone()),
+        trace_id: delivery.correlation_id.clone(),
+    });
+    response
+}
 
-    match state.consumer.process(&delivery).await {
+async fn process(
+    state: &AppState,
+    invocation_id: &str,
+    delivery: &Delivery,
+) -> (Result<Response, ApiError>, Option<String>) {
+    let message_id = delivery.message_id.clone();
+    match state.consumer.process(delivery).await {
         Outcome::Stored { id, stale } => {
             tracing::info!(%invocation_id, %message_id, user_id = %id, stale, "message stored");
             let line = if stale {
@@ -44,7 +59,7 @@ pub async fn consume(
             } else {
                 format!("message {message_id}: stored user {id}")
             };
-            Ok(answer(line))
+            (Ok(answer(line)), Some(id.to_string()))
         }
         Outcome::Poison { reason } => {
             let letter = DeadLetter {
@@ -55,20 +70,24 @@ pub async fn consume(
                 reason: reason.clone(),
                 source: "ingest-consume",
             };
-            state.dead_letters.park(letter).await.map_err(|e| {
+            if let Err(e) = state.dead_letters.park(letter).await {
+                metrics::consumed("retried", 1);
                 tracing::error!(%invocation_id, %message_id, error = %e, "cannot park a poison message; the host will retry");
-                ApiError::Unavailable { what: "dead-letter store", retry_after: e.retry_after() }
-            })?;
+                let error = ApiError::Unavailable { what: "dead-letter store", retry_after: e.retry_after() };
+                return (Err(error), None);
+            }
+            metrics::consumed("dead_lettered", 1);
             tracing::warn!(%invocation_id, %message_id, %reason, "message dead-lettered");
-            Ok(answer(format!("message {message_id}: dead-lettered: {reason}")))
+            (Ok(answer(format!("message {message_id}: dead-lettered: {reason}"))), None)
         }
         Outcome::Transient(e) => {
+            metrics::consumed("retried", 1);
             // Logged here as well: the host drops the Logs of a failed invocation.
             tracing::warn!(
                 %invocation_id, %message_id, delivery_count = delivery.delivery_count, error = %e,
                 "store unavailable; failing the invocation so the host retries"
             );
-            Err(ApiError::Unavailable { what: "store", retry_after: e.retry_after() })
+            (Err(ApiError::Unavailable { what: "store", retry_after: e.retry_after() }), None)
         }
     }
 }
@@ -111,7 +130,15 @@ fn parse_invocation(body: &[u8], now: OffsetDateTime) -> Result<Delivery, String
     };
     let delivery_count = integer(&metadata, "DeliveryCount").unwrap_or(1).clamp(1, u32::MAX as i64) as u32;
     let sequence = integer(&metadata, "SequenceNumber").unwrap_or(0);
-    Ok(Delivery { message_id, body: MessageBody::Json(message), enqueued_at, sequence, delivery_count })
+    let correlation_id = text(&metadata, "CorrelationId").filter(|c| !c.is_empty());
+    Ok(Delivery {
+        message_id,
+        body: MessageBody::Json(message),
+        enqueued_at,
+        sequence,
+        delivery_count,
+        correlation_id,
+    })
 }
 
 /// A metadata string; the host JSON-encodes string values again, so unwrap one layer.

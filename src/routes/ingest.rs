@@ -10,16 +10,39 @@ use serde_json::{json, Value};
 
 use super::problem::ApiError;
 use super::{AppState, LogIds};
-use crate::broker::OutgoingMessage;
+use crate::broker::{OutgoingMessage, PublishError};
 use crate::domain::NewUser;
+use crate::telemetry::metrics;
 
 pub async fn create_user(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_json(&headers)?;
-    let bytes = read_limited(&headers, body, state.max_record_bytes).await?;
+    let result = accept(&state, &headers, body).await;
+    let registry = metrics::registry();
+    match &result {
+        Ok(_) => registry.add(&metrics::RECORDS_ACCEPTED, &[], 1),
+        Err(e) => registry.add(&metrics::RECORDS_REJECTED, &[rejection_reason(e)], 1),
+    }
+    result
+}
+
+/// The `reason` label of a refused record.
+fn rejection_reason(error: &ApiError) -> &'static str {
+    match error {
+        ApiError::InvalidJson(_) | ApiError::BodyRead(_) => "invalid_json",
+        ApiError::InvalidRecord(_) => "invalid_record",
+        ApiError::TooLarge { .. } => "too_large",
+        ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
+        ApiError::Overloaded { .. } => "overloaded",
+        _ => "unavailable",
+    }
+}
+
+async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    require_json(headers)?;
+    let bytes = read_limited(headers, body, state.max_record_bytes).await?;
     let value = parse_json(&bytes)?;
     let user = NewUser::parse(value).map_err(ApiError::InvalidRecord)?;
     let doc = user.into_document(state.clock.now());
@@ -27,13 +50,24 @@ pub async fn create_user(
     let message = OutgoingMessage {
         message_id: uuid::Uuid::new_v4().to_string(),
         // Correlates the message with the request that made it: the caller's W3C trace id, or a new one.
-        correlation_id: Some(trace_id(&headers).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())),
+        correlation_id: Some(trace_id(headers).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())),
         body: doc.to_json(),
     };
     let message_id = message.message_id.clone();
-    state.publisher.publish(vec![message]).await.map_err(|e| {
+    let started = std::time::Instant::now();
+    let published = state.publisher.publish(vec![message]).await;
+    metrics::registry().observe(&metrics::PUBLISH_DURATION, &[], started.elapsed().as_secs_f64());
+    published.map_err(|e| {
+        let reason = match e {
+            PublishError::Unavailable { .. } => "unavailable",
+            PublishError::Overloaded { .. } => "overloaded",
+        };
+        metrics::registry().add(&metrics::PUBLISH_FAILURES, &[reason], 1);
         tracing::warn!(error = %e, %message_id, "publish failed; answering 503");
-        ApiError::Unavailable { what: "topic", retry_after: e.retry_after() }
+        match e {
+            PublishError::Overloaded { retry_after } => ApiError::Overloaded { retry_after },
+            e => ApiError::Unavailable { what: "topic", retry_after: e.retry_after() },
+        }
     })?;
     let location = format!("/api/users/{}", doc.id);
     let mut response =
@@ -42,9 +76,11 @@ pub async fn create_user(
         .headers_mut()
         .insert(header::LOCATION, HeaderValue::from_str(&location).expect("user ids are ASCII header-safe"));
     // The request's one log line carries the ids.
-    response
-        .extensions_mut()
-        .insert(LogIds { user_id: Some(doc.id.to_string()), message_id: Some(message_id) });
+    response.extensions_mut().insert(LogIds {
+        user_id: Some(doc.id.to_string()),
+        message_id: Some(message_id),
+        trace_id: None,
+    });
     Ok(response)
 }
 

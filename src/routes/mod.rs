@@ -6,7 +6,9 @@
 mod consume;
 mod health;
 mod ingest;
+mod metrics;
 pub mod problem;
+mod status;
 mod users;
 
 use std::sync::Arc;
@@ -43,9 +45,13 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    status::started();
     Router::new()
         .route("/", get(root))
         .route("/api/health", get(health::health))
+        .route("/metrics", get(metrics::metrics))
+        .route("/status", get(status::page))
+        .route("/status.json", get(status::snapshot))
         .route("/api/users", post(ingest::create_user))
         .route("/api/users/{user_id}", get(users::get_user))
         .route(CONSUME_PATH, post(consume::consume).layer(DefaultBodyLimit::max(MAX_INVOCATION_BYTES)))
@@ -60,6 +66,8 @@ pub fn router(state: AppState) -> Router {
 pub struct LogIds {
     pub user_id: Option<String>,
     pub message_id: Option<String>,
+    /// The trace a consumed message belongs to: the correlation id it was published with.
+    pub trace_id: Option<String>,
 }
 
 /// One JSON log line per request: method, route (the matched pattern, not the raw path),
@@ -69,14 +77,17 @@ async fn access_log(request: Request, next: Next) -> axum::response::Response {
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().cloned();
     let invocation_id = request.headers().get("x-azure-functions-invocationid").cloned();
+    let traceparent = request.headers().get("traceparent").cloned();
     let response = next.run(request).await;
     let ids = response.extensions().get::<LogIds>();
     crate::telemetry::access(&crate::telemetry::Access {
-        method: method.as_str(),
+        method: &method,
         route: route.as_ref().map_or("unmatched", |r| r.as_str()),
         status: response.status().as_u16(),
-        latency_us: started.elapsed().as_micros() as u64,
+        elapsed: started.elapsed(),
         invocation_id: invocation_id.as_ref().and_then(|v| v.to_str().ok()),
+        traceparent: traceparent.as_ref().and_then(|v| v.to_str().ok()),
+        trace_id: ids.and_then(|i| i.trace_id.as_deref()),
         user_id: ids.and_then(|i| i.user_id.as_deref()),
         message_id: ids.and_then(|i| i.message_id.as_deref()),
     });

@@ -30,6 +30,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("the {what} is unavailable")]
     Unavailable { what: &'static str, retry_after: Duration },
+    /// Too much work in flight: refused before any is done, to be retried shortly.
+    #[error("the service is overloaded")]
+    Overloaded { retry_after: Duration },
     #[error("the invocation is malformed: {0}")]
     InvalidInvocation(String),
 }
@@ -59,7 +62,7 @@ impl ApiError {
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -113,6 +116,14 @@ impl IntoResponse for ApiError {
                     retry_after.as_secs().max(1)
                 ),
             ),
+            Self::Overloaded { retry_after } => (
+                "/problems/overloaded",
+                "Service overloaded",
+                format!(
+                    "Too many requests are in progress; nothing was accepted. Retry after {} s.",
+                    retry_after.as_secs().max(1)
+                ),
+            ),
             Self::InvalidInvocation(why) => (
                 "/problems/invalid-invocation",
                 "Malformed invocation",
@@ -132,7 +143,7 @@ impl IntoResponse for ApiError {
                 .expect("a problem always serializes");
         let mut response =
             (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response();
-        if let Self::Unavailable { retry_after, .. } = &self {
+        if let Self::Unavailable { retry_after, .. } | Self::Overloaded { retry_after } = &self {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use super::problem::ApiError;
 use super::AppState;
 use crate::domain::UserId;
+use crate::telemetry::metrics;
 
 pub async fn get_user(
     State(state): State<AppState>,
@@ -16,7 +17,10 @@ pub async fn get_user(
 ) -> Result<Response, ApiError> {
     let Path(raw) = path.map_err(|_| ApiError::InvalidUserId("is not valid UTF-8 once percent-decoded"))?;
     let id = UserId::parse(&raw).map_err(ApiError::InvalidUserId)?;
-    let user = state.store.get(&id).await.map_err(|e| {
+    let started = std::time::Instant::now();
+    let read = state.store.get(&id).await;
+    metrics::store_operation("read", read.is_ok(), started.elapsed());
+    let user = read.map_err(|e| {
         tracing::warn!(error = %e, user_id = %id, "store read failed; answering 503");
         ApiError::Unavailable { what: "store", retry_after: e.retry_after() }
     })?;

@@ -185,7 +185,7 @@ impl CosmosUserStore {
     async fn read_version(&self, id: &str) -> Result<Option<(i128, i64, String)>, StoreError> {
         match self.container.read_item(id.to_owned(), id, None).await {
             Ok(response) => {
-                self.record(response.headers().request_charge().map(|c| c.value()));
+                self.record("upsert", response.headers().request_charge().map(|c| c.value()));
                 let etag = response.headers().etag().map(|e| e.to_string()).unwrap_or_default();
                 let doc: Value = response.into_model().map_err(unavailable)?;
                 let ingested = doc
@@ -205,9 +205,10 @@ impl CosmosUserStore {
         }
     }
 
-    fn record(&self, charge: Option<f64>) {
+    fn record(&self, op: &'static str, charge: Option<f64>) {
         if let Some(ru) = charge {
             self.charge.add(ru);
+            crate::telemetry::metrics::request_charge(op, ru);
         }
     }
 }
@@ -229,7 +230,7 @@ impl UserStore for CosmosUserStore {
             // The common case, a new user, costs exactly one request.
             match self.container.create_item(id.to_owned(), id, body.clone(), None).await {
                 Ok(response) => {
-                    self.record(response.headers().request_charge().map(|c| c.value()));
+                    self.record("upsert", response.headers().request_charge().map(|c| c.value()));
                     return Ok(UpsertOutcome::Written);
                 }
                 Err(e) if e.status().is_conflict() => {}
@@ -244,7 +245,7 @@ impl UserStore for CosmosUserStore {
             let options = ItemWriteOptions::default().with_precondition(Precondition::IfMatch(etag.into()));
             match self.container.replace_item(id.to_owned(), id, body.clone(), Some(options)).await {
                 Ok(response) => {
-                    self.record(response.headers().request_charge().map(|c| c.value()));
+                    self.record("upsert", response.headers().request_charge().map(|c| c.value()));
                     return Ok(UpsertOutcome::Written);
                 }
                 // Someone wrote in between: look again.
@@ -264,7 +265,7 @@ impl UserStore for CosmosUserStore {
             Err(e) if e.status().is_not_found() => return Ok(None),
             Err(e) => return Err(unavailable(e)),
         };
-        self.record(response.headers().request_charge().map(|c| c.value()));
+        self.record("read", response.headers().request_charge().map(|c| c.value()));
         let etag = response.headers().etag().map(|e| e.to_string()).unwrap_or_default();
         let raw: Map<String, Value> = response.into_model().map_err(unavailable)?;
         Ok(Some(StoredUser { json: user_json(raw), etag: etag.trim_matches('"').to_owned() }))
@@ -321,6 +322,7 @@ impl DeadLetterStore for CosmosDeadLetters {
             Ok(response) => {
                 if let Some(ru) = response.headers().request_charge() {
                     self.charge.add(ru.value());
+                    crate::telemetry::metrics::request_charge("park", ru.value());
                 }
                 Ok(())
             }

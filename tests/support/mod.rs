@@ -2,6 +2,7 @@
 //! its JSON logs, and wait for the pipeline.
 #![allow(dead_code)]
 
+pub mod appinsights;
 pub mod cosmos;
 pub mod servicebus;
 

@@ -1,10 +1,20 @@
-//! Logs: JSON lines on stdout (the Functions host collects stdout), one per request and per
-//! message. Only identifiers are logged (user ids, message ids, invocation ids), never names
-//! or emails.
+//! Logs, metrics, traces — one instrumentation, several views:
+//! - logs: JSON lines on stdout (the Functions host collects stdout), one per request and per
+//!   message;
+//! - [`metrics`]: one registry, served as Prometheus text at `GET /metrics`, drawn by the status
+//!   page at `GET /status`, and exported by [`appinsights`] when Application Insights is set up.
+//!
+//! Only identifiers are recorded (user ids, message ids, invocation ids, route patterns),
+//! never names or emails.
+
+pub mod appinsights;
+pub mod metrics;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use time::format_description::well_known::Rfc3339;
 use tracing_subscriber::fmt::MakeWriter;
@@ -103,30 +113,67 @@ pub fn init() -> LogGuard {
     LogGuard(sink)
 }
 
-/// One request, as its access-log line reports it.
+type GaugeRefresh = Box<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
+static GAUGES: OnceLock<GaugeRefresh> = OnceLock::new();
+
+/// Names what sets the gauges (queue depth, dead letters) before they are read; the first
+/// call wins. Gauges are read on demand rather than kept current, since counting the queue
+/// is a query.
+pub fn on_refresh_gauges(refresh: impl Fn() -> BoxFuture<'static, ()> + Send + Sync + 'static) {
+    let _ = GAUGES.set(Box::new(refresh));
+}
+
+/// Brings the gauges up to date; done before every scrape and export.
+pub async fn refresh_gauges() {
+    if let Some(refresh) = GAUGES.get() {
+        refresh().await;
+    }
+}
+
+/// One request, as its access-log line, its metrics and its trace item report it.
 pub struct Access<'a> {
-    pub method: &'a str,
+    pub method: &'a http::Method,
     pub route: &'a str,
     pub status: u16,
-    pub latency_us: u64,
+    pub elapsed: Duration,
     pub invocation_id: Option<&'a str>,
+    pub traceparent: Option<&'a str>,
+    /// The trace a consumed message belongs to (its correlation id), when the request has none.
+    pub trace_id: Option<&'a str>,
     pub user_id: Option<&'a str>,
     pub message_id: Option<&'a str>,
+}
+
+/// Records a finished request: its metrics, its Application Insights item, and its log line.
+pub fn access(a: &Access<'_>) {
+    let method = metrics::method_label(a.method);
+    metrics::request(a.route, method, a.status, a.elapsed);
+    appinsights::request(&appinsights::RequestItem {
+        method,
+        route: a.route,
+        status: a.status,
+        duration: a.elapsed,
+        traceparent: a.traceparent,
+        invocation_id: a.invocation_id,
+        fallback_trace_id: a.trace_id,
+    });
+    access_line(a, method);
 }
 
 /// Writes the access-log line of a request: the same JSON shape as the subscriber's lines,
 /// formatted by hand because this runs once per request on the hot path (the generic JSON
 /// formatter costs a third of a point read). Honours `RUST_LOG` like any INFO event.
-pub fn access(a: &Access<'_>) {
+fn access_line(a: &Access<'_>, method: &str) {
     if !tracing::enabled!(tracing::Level::INFO) {
         return;
     }
     let Some(sink) = SINK.get() else {
         tracing::info!(
-            method = a.method,
+            method,
             route = a.route,
             status = a.status,
-            latency_us = a.latency_us,
+            latency_us = a.elapsed.as_micros() as u64,
             "request"
         );
         return;
@@ -135,16 +182,19 @@ pub fn access(a: &Access<'_>) {
     line.push_str("{\"timestamp\":\"");
     line.push_str(&time::OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default());
     line.push_str("\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
-    push_json_str(&mut line, a.method);
+    push_json_str(&mut line, method);
     line.push_str(",\"route\":");
     push_json_str(&mut line, a.route);
     line.push_str(",\"status\":");
     line.push_str(itoa::Buffer::new().format(a.status));
     line.push_str(",\"latency_us\":");
-    line.push_str(itoa::Buffer::new().format(a.latency_us));
-    for (name, value) in
-        [("invocation_id", a.invocation_id), ("user_id", a.user_id), ("message_id", a.message_id)]
-    {
+    line.push_str(itoa::Buffer::new().format(a.elapsed.as_micros() as u64));
+    for (name, value) in [
+        ("invocation_id", a.invocation_id),
+        ("trace_id", a.trace_id),
+        ("user_id", a.user_id),
+        ("message_id", a.message_id),
+    ] {
         if let Some(value) = value.filter(|v| !v.is_empty()) {
             line.push_str(",\"");
             line.push_str(name);
