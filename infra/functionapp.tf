@@ -71,6 +71,10 @@ locals {
     SHUTDOWN_GRACE_SECS  = tostring(var.shutdown_grace_secs)
     RUST_LOG             = var.log_level
 
+    # Telemetry: metrics reach Application Insights once a minute, which the alert and SLO
+    # windows in alerts.tf and slo.tf assume (the shortest, 5 minutes, sees five exports).
+    TELEMETRY_EXPORT_INTERVAL_MS = tostring(local.telemetry_export_interval_ms)
+
     # Publishing: the send-only rule (no listen, no manage).
     SERVICEBUS_CONNECTION_STRING = azurerm_servicebus_topic_authorization_rule.api_send.primary_connection_string
     SERVICEBUS_TOPIC             = azurerm_servicebus_topic.users.name

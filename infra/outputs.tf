@@ -46,6 +46,11 @@ output "cosmos_endpoint" {
   value       = azurerm_cosmosdb_account.main.endpoint
 }
 
+output "cosmos_account_name" {
+  description = "Cosmos DB account name (for az cosmosdb and az monitor metrics commands in docs/operations.md)."
+  value       = azurerm_cosmosdb_account.main.name
+}
+
 output "cosmos_database_name" {
   description = "Cosmos DB SQL database."
   value       = azurerm_cosmosdb_sql_database.main.name
@@ -67,4 +72,24 @@ output "application_insights_name" {
 output "log_analytics_workspace_id" {
   description = "Resource id of the Log Analytics workspace behind Application Insights."
   value       = azurerm_log_analytics_workspace.main.id
+}
+
+output "log_analytics_workspace_guid" {
+  description = "Workspace (customer) id of the Log Analytics workspace, which `az monitor log-analytics query -w` takes."
+  value       = azurerm_log_analytics_workspace.main.workspace_id
+}
+
+output "action_group_id" {
+  description = "Action group every alert notifies (add receivers, or route Sev1 to a pager, here)."
+  value       = azurerm_monitor_action_group.main.id
+}
+
+output "availability_test_name" {
+  description = "Availability test behind the availability SLO (availabilityResults name)."
+  value       = azurerm_application_insights_standard_web_test.health.name
+}
+
+output "operations_workbook_id" {
+  description = "Resource id of the operations workbook (Application Insights > Workbooks)."
+  value       = azurerm_application_insights_workbook.operations.id
 }

@@ -327,3 +327,83 @@ variable "log_retention_days" {
     error_message = "log_retention_days must be a whole number from 30 to 730."
   }
 }
+
+# --- Alerts and SLOs (alerts.tf, slo.tf; docs/operations.md explains each) ---------------------
+
+variable "alert_email" {
+  description = "Address the action group emails every alert to. Empty (the default) creates the action group without a receiver: alerts still fire and show under Monitor > Alerts, but notify nobody until an address is set."
+  type        = string
+  default     = ""
+  nullable    = false
+
+  validation {
+    condition     = can(regex("^$|^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", var.alert_email)) && length(var.alert_email) <= 254
+    error_message = "alert_email must be empty or one email address such as ops@example.com (at most 254 characters)."
+  }
+}
+
+variable "availability_test_locations" {
+  description = "Application Insights availability test locations that probe GET /api/health (location ids such as emea-nl-ams-azr, us-va-ash-azr). Microsoft recommends at least five, so that one region's network trouble is not read as an outage."
+  type        = list(string)
+  default     = ["emea-nl-ams-azr", "emea-gb-db3-azr", "emea-fr-pra-edge", "us-va-ash-azr", "apac-sg-sin-azr"]
+  nullable    = false
+
+  validation {
+    condition     = length(var.availability_test_locations) >= 5 && length(var.availability_test_locations) <= 16 && length(distinct(var.availability_test_locations)) == length(var.availability_test_locations)
+    error_message = "availability_test_locations must list 5 to 16 distinct locations."
+  }
+
+  validation {
+    condition     = alltrue([for id in var.availability_test_locations : can(regex("^[a-z]+-[a-z]{2}-[a-z0-9]{3}-(azr|edge)$", id))])
+    error_message = "availability_test_locations must be location ids such as emea-nl-ams-azr or us-va-ash-azr, not region names."
+  }
+}
+
+variable "slo_availability_target" {
+  description = "Availability SLO over 30 days: the share of availability-test probes of GET /api/health that must answer 200 (0.999 = 99.9 %, an error budget of 43.2 minutes)."
+  type        = number
+  default     = 0.999
+  nullable    = false
+
+  validation {
+    # Below 95 % the fast burn-rate threshold (14.4 x budget) would pass 72 % errors.
+    condition     = var.slo_availability_target >= 0.95 && var.slo_availability_target <= 0.9999
+    error_message = "slo_availability_target must be a ratio from 0.95 to 0.9999, e.g. 0.999 for 99.9 %."
+  }
+}
+
+variable "slo_message_success_target" {
+  description = "Message success SLO over 30 days: the share of consumed messages with a final outcome (stored or stale) that were not dead-lettered (0.999 = at most one in a thousand)."
+  type        = number
+  default     = 0.999
+  nullable    = false
+
+  validation {
+    condition     = var.slo_message_success_target >= 0.95 && var.slo_message_success_target <= 0.9999
+    error_message = "slo_message_success_target must be a ratio from 0.95 to 0.9999, e.g. 0.999 for 99.9 %."
+  }
+}
+
+variable "backlog_alert_threshold" {
+  description = "Active messages in the subscription that, if the backlog never drains below them for 15 minutes, raise the backlog alert. Depends on traffic: lower it where traffic is light so a stalled consumer is noticed sooner."
+  type        = number
+  default     = 500
+  nullable    = false
+
+  validation {
+    condition     = var.backlog_alert_threshold >= 1 && var.backlog_alert_threshold <= 1000000 && floor(var.backlog_alert_threshold) == var.backlog_alert_threshold
+    error_message = "backlog_alert_threshold must be a whole number of messages from 1 to 1000000."
+  }
+}
+
+variable "cosmos_throttle_ratio_threshold" {
+  description = "Share of Cosmos DB requests answered 429 (throttled) over 15 minutes above which the throttling alert fires. Microsoft calls 1-5 % healthy when latency is fine: the SDK retries them."
+  type        = number
+  default     = 0.05
+  nullable    = false
+
+  validation {
+    condition     = var.cosmos_throttle_ratio_threshold > 0 && var.cosmos_throttle_ratio_threshold < 1
+    error_message = "cosmos_throttle_ratio_threshold must be a ratio between 0 and 1, e.g. 0.05 for 5 %."
+  }
+}

@@ -23,6 +23,11 @@ TAGGABLE = {
     "azurerm_cosmosdb_account",
     "azurerm_log_analytics_workspace",
     "azurerm_application_insights",
+    "azurerm_monitor_action_group",
+    "azurerm_monitor_metric_alert",
+    "azurerm_monitor_scheduled_query_rules_alert_v2",
+    "azurerm_application_insights_standard_web_test",
+    "azurerm_application_insights_workbook",
 }
 UNTAGGABLE = {
     "azurerm_servicebus_topic",
@@ -31,6 +36,7 @@ UNTAGGABLE = {
     "azurerm_cosmosdb_sql_database",
     "azurerm_cosmosdb_sql_container",
     "azurerm_cosmosdb_sql_role_assignment",
+    "azurerm_monitor_diagnostic_setting",
 }
 
 
@@ -351,12 +357,25 @@ def test_each_concern_lives_in_its_own_file(tf):
         "azurerm_cosmosdb_sql_role_assignment": "cosmos.tf",
         "azurerm_log_analytics_workspace": "monitoring.tf",
         "azurerm_application_insights": "monitoring.tf",
+        "azurerm_monitor_action_group": "monitoring.tf",
+        "azurerm_monitor_diagnostic_setting": "monitoring.tf",
+        "azurerm_monitor_metric_alert": "alerts.tf",
+        "azurerm_application_insights_standard_web_test": "slo.tf",
+        "azurerm_application_insights_workbook": "workbook.tf",
         "azurerm_storage_account": "functionapp.tf",
         "azurerm_service_plan": "functionapp.tf",
         "azurerm_linux_function_app": "functionapp.tf",
     }
+    # Log alerts: the symptom and cause alerts in alerts.tf, the SLO burn-rate alerts in slo.tf.
+    by_name = {
+        "azurerm_monitor_scheduled_query_rules_alert_v2.slo_burn": "slo.tf",
+    }
     for address, filename in tf.resource_file.items():
         rtype = address.split(".")[0]
-        assert expected.get(rtype) == filename, f"{address} is in {filename}; expected {expected.get(rtype)}"
+        if rtype == "azurerm_monitor_scheduled_query_rules_alert_v2":
+            wanted = by_name.get(address, "alerts.tf")
+        else:
+            wanted = expected.get(rtype)
+        assert wanted == filename, f"{address} is in {filename}; expected {wanted}"
     for name in ("versions.tf", "variables.tf", "outputs.tf"):
         assert name in tf.text
