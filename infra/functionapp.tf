@@ -63,8 +63,18 @@ locals {
   # so a renamed topic or container cannot leave the app pointing at the old one.
   app_settings = {
     # The binary: which adapters, and its limits.
-    INGEST_BACKEND       = "azure"
-    MAX_RECORD_BYTES     = tostring(var.max_record_bytes)
+    INGEST_BACKEND   = "azure"
+    MAX_RECORD_BYTES = tostring(var.max_record_bytes)
+    # A batch must fit the Functions host's request limit (100 MB) by far, and its messages
+    # are sent to Service Bus in batch sends of at most 256 KB each.
+    MAX_BATCH_BYTES   = "1048576"
+    MAX_BATCH_RECORDS = "500"
+    # The host is the only client (over loopback), but its concurrency is not ours to trust:
+    # the caps still bound memory, and slow bodies from the internet reach us through it.
+    MAX_CONNECTIONS      = "1024"
+    MAX_IN_FLIGHT        = "512"
+    HEADER_TIMEOUT_MS    = "10000"
+    BODY_TIMEOUT_MS      = "30000"
     MAX_DELIVERY_COUNT   = tostring(azurerm_servicebus_subscription.ingest_consume.max_delivery_count)
     RETRY_BACKOFF_MS     = tostring(var.retry_backoff_ms)
     RETRY_BACKOFF_MAX_MS = tostring(var.retry_backoff_max_ms)

@@ -3,7 +3,7 @@
 //! Order matters: the listener is bound first, because the Functions host polls `GET /` for
 //! readiness while the backends are still being opened.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -25,6 +25,9 @@ use crate::routes::{self, AppState};
 use crate::store::{CosmosStores, SqliteUserStore};
 use crate::telemetry::metrics;
 use crate::worker::{self, WorkerConfig};
+
+/// The request line and headers must fit in this; larger ones get 431.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// The file names of the embedded backend under `DATA_DIR`.
 pub const QUEUE_FILE: &str = "queue.db";
@@ -57,6 +60,10 @@ pub fn open_embedded(config: &Config) -> anyhow::Result<Embedded> {
         consumer: Consumer::new(store),
         clock: Arc::new(SystemClock),
         max_record_bytes: config.max_record_bytes,
+        max_batch_bytes: config.max_batch_bytes,
+        max_batch_records: config.max_batch_records,
+        body_timeout: config.body_timeout,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
         backend: "embedded",
     };
     Ok(Embedded { state, queue })
@@ -88,6 +95,10 @@ pub async fn build(config: &Config, stop: &CancellationToken) -> anyhow::Result<
                 consumer: Consumer::new(cosmos.users),
                 clock: Arc::new(SystemClock),
                 max_record_bytes: config.max_record_bytes,
+                max_batch_bytes: config.max_batch_bytes,
+                max_batch_records: config.max_batch_records,
+                body_timeout: config.body_timeout,
+                in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
                 backend: "azure",
             };
             Ok(Backends { state, queue: None })
@@ -130,11 +141,12 @@ pub async fn serve(
 
     let stop = CancellationToken::new();
     let api: Arc<OnceLock<Router>> = Arc::new(OnceLock::new());
-    let server = tokio::spawn(
-        axum::serve(listener, gate(api.clone()))
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let limits = crate::server::Limits {
+        max_connections: config.max_connections,
+        header_timeout: config.header_timeout,
+        max_header_bytes: MAX_HEADER_BYTES,
+    };
+    let server = tokio::spawn(crate::server::run(listener, gate(api.clone()), limits, stop.clone()));
     let signalled = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -192,7 +204,7 @@ pub async fn serve(
     stop.cancelled().await;
     let grace = config.shutdown_grace;
     match tokio::time::timeout(grace, server).await {
-        Ok(Ok(result)) => result.context("the HTTP server failed")?,
+        Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(anyhow::anyhow!("the HTTP server task failed: {e}")),
         Err(_) => {
             tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests outlived the grace period")

@@ -45,6 +45,36 @@ pub const SETTINGS: &[Setting] = &[
         description: "Largest accepted request body for one record, in bytes; larger ones get 413.",
     },
     Setting {
+        name: "MAX_BATCH_BYTES",
+        default: "1048576",
+        description: "Largest accepted request body for a batch (a JSON array of records), in bytes; larger ones get 413.",
+    },
+    Setting {
+        name: "MAX_BATCH_RECORDS",
+        default: "500",
+        description: "Most records in one batch; more get 413.",
+    },
+    Setting {
+        name: "MAX_CONNECTIONS",
+        default: "1024",
+        description: "Open connections at most; a connection beyond gets 503 with Retry-After and is closed.",
+    },
+    Setting {
+        name: "MAX_IN_FLIGHT",
+        default: "512",
+        description: "Requests handled at once at most; more get 503 with Retry-After (`GET /` and `GET /api/health` are exempt).",
+    },
+    Setting {
+        name: "HEADER_TIMEOUT_MS",
+        default: "10000",
+        description: "Time a client has to send a request's headers; slower connections are closed.",
+    },
+    Setting {
+        name: "BODY_TIMEOUT_MS",
+        default: "30000",
+        description: "Time a client has to send a request body; slower ones get 408.",
+    },
+    Setting {
         name: "INGEST_WORKER",
         default: "on",
         description: "`on`: the in-process worker drains the embedded queue; `off`: messages stay queued.",
@@ -269,6 +299,12 @@ pub struct Config {
     pub backend: Backend,
     pub data_dir: PathBuf,
     pub max_record_bytes: usize,
+    pub max_batch_bytes: usize,
+    pub max_batch_records: usize,
+    pub max_connections: usize,
+    pub max_in_flight: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
     pub worker: bool,
     pub max_delivery_count: u32,
     pub retry_base: Duration,
@@ -386,6 +422,14 @@ impl Config {
         if !(1024..=16 * 1024 * 1024).contains(&max_record_bytes) {
             bail!("MAX_RECORD_BYTES must be between 1024 and 16777216, not {max_record_bytes}");
         }
+        let max_batch_bytes = parse("MAX_BATCH_BYTES", "1048576")?;
+        if !(max_record_bytes..=64 * 1024 * 1024).contains(&max_batch_bytes) {
+            bail!("MAX_BATCH_BYTES must be between MAX_RECORD_BYTES ({max_record_bytes}) and 67108864, not {max_batch_bytes}");
+        }
+        let max_batch_records = parse("MAX_BATCH_RECORDS", "500")?;
+        if !(1..=10_000).contains(&max_batch_records) {
+            bail!("MAX_BATCH_RECORDS must be between 1 and 10000, not {max_batch_records}");
+        }
         let max_delivery_count = parse("MAX_DELIVERY_COUNT", "10")?;
         if !(1..=1000).contains(&max_delivery_count) {
             bail!("MAX_DELIVERY_COUNT must be between 1 and 1000, not {max_delivery_count}");
@@ -396,6 +440,12 @@ impl Config {
             backend,
             data_dir,
             max_record_bytes: max_record_bytes as usize,
+            max_batch_bytes: max_batch_bytes as usize,
+            max_batch_records: max_batch_records as usize,
+            max_connections: parse("MAX_CONNECTIONS", "1024")?.clamp(1, 1_000_000) as usize,
+            max_in_flight: parse("MAX_IN_FLIGHT", "512")?.clamp(1, 1_000_000) as usize,
+            header_timeout: Duration::from_millis(parse("HEADER_TIMEOUT_MS", "10000")?.max(100)),
+            body_timeout: Duration::from_millis(parse("BODY_TIMEOUT_MS", "30000")?.max(100)),
             worker,
             max_delivery_count: max_delivery_count as u32,
             retry_base: Duration::from_millis(parse("RETRY_BACKOFF_MS", "500")?.max(1)),

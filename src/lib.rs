@@ -9,14 +9,16 @@
 //! # Layout
 //! - [`config`]: every setting, from the environment, in one struct.
 //! - [`app`]: builds the backends and the router in one place; binds first; runs until stopped.
+//! - [`server`]: the HTTP/1.1 server with its limits (connections, header size and time).
 //! - [`domain`]: the user record and its parsing; pure.
 //! - [`routes`]: one module per Functions function, and the API's one error type.
 //! - [`broker`]: the [`broker::Publisher`] trait and the embedded SQLite topic.
 //! - [`store`]: the [`store::UserStore`] trait and the embedded SQLite document store.
 //! - [`consume`]: the consume step shared by `POST /ingest-consume` and the worker.
 //! - [`worker`]: drains the embedded topic with retries and dead-lettering.
-//! - [`telemetry`]: JSON logs on stdout.
-//! - [`cli`]: the `import` command, the first real client.
+//! - [`telemetry`]: JSON logs on stdout, metrics (`/metrics`, `/status`), Application Insights.
+//! - [`cli`]: the other commands: `import` (a client of the API), the operator's `get` and
+//!   `export` (read the store directly) and `completions`.
 
 pub mod app;
 pub mod broker;
@@ -26,6 +28,7 @@ pub mod config;
 pub mod consume;
 pub mod domain;
 pub mod routes;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

@@ -1,14 +1,40 @@
-//! The `data-ingestion-api` binary: `serve` (the default) or `import`.
+//! The `data-ingestion-api` binary: `serve` (the default), `import`, and the operator's
+//! `get`, `export` and `completions`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-use data_ingestion_api::{app, cli, config, telemetry};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use data_ingestion_api::cli::{completions, export, get, import, store_settings_help};
+use data_ingestion_api::{app, config, telemetry};
+
+const LONG_ABOUT: &str = "\
+Ingests user records over HTTP, queues them durably in a topic (an embedded SQLite queue, or
+Azure Service Bus), stores them in a document store (embedded SQLite, or Cosmos DB) and serves
+them back by id.
+
+With no command it serves the API (`serve`); the other commands are tools for operators.";
+
+const AFTER_HELP: &str = "\
+Examples:
+  data-ingestion-api                             serve http://127.0.0.1:7071 on ./data
+  data-ingestion-api import users.ndjson         post a file's records to the running service
+  data-ingestion-api get usr-1                   print one stored user
+  data-ingestion-api export -o users.ndjson      write every stored user as NDJSON
+  data-ingestion-api completions bash            print the bash completion script
+
+`data-ingestion-api COMMAND --help` describes a command, its flags and its settings.";
 
 #[derive(Parser)]
-#[command(name = "data-ingestion-api", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "data-ingestion-api",
+    version,
+    about,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -19,9 +45,77 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API and run the pipeline (what runs with no subcommand).
+    #[command(
+        long_about = "Serve the HTTP API and run the pipeline: what runs with no subcommand.\n\n\
+            POST /api/users accepts a record once it is durable in the topic; the consumer (an \
+            in-process worker on the embedded backend, the Functions host's /ingest-consume calls \
+            in Azure) stores it; GET /api/users/{id} reads it back. The backend and everything \
+            else come from the environment (listed below with --help); the flags win over it.",
+        after_help = SERVE_EXAMPLES,
+        after_long_help = serve_settings_help()
+    )]
     Serve(ServeArgs),
     /// Post the records of an NDJSON or JSON-array file to a running service.
-    Import(cli::import::ImportArgs),
+    #[command(
+        long_about = "Post the records of an NDJSON file (one record per line) or a JSON array to \
+            a running service, through its API, with bounded concurrency. 429 and 503 are retried \
+            honouring Retry-After. The id of every accepted record goes to FILE.accepted.ndjson, \
+            every rejected record with its errors to FILE.rejected.ndjson (in the current \
+            directory); the exit status is non-zero when anything was not accepted.",
+        after_help = IMPORT_EXAMPLES
+    )]
+    Import(import::ImportArgs),
+    /// Print one stored user, read from the store directly.
+    #[command(
+        long_about = "Print one stored user as GET /api/users/{ID} serves it (the user's fields and \
+            ingestedAt), read from the store DIRECTLY with the configuration `serve` uses: the \
+            embedded store under DATA_DIR (read-only, so the service may be running), or Cosmos \
+            DB when INGEST_BACKEND=azure. Indented by default; --compact prints the API's exact bytes.",
+        after_help = get::AFTER_HELP,
+        after_long_help = format!("{}\n\n{}", get::AFTER_HELP, store_settings_help())
+    )]
+    Get(get::GetArgs),
+    /// Write every stored user as NDJSON, read from the store directly.
+    #[command(
+        long_about = "Write every stored user as NDJSON: one compact document per line, exactly as \
+            GET /api/users/{id} serves it, in the store's order. Read from the store DIRECTLY with \
+            the configuration `serve` uses (the embedded store read-only, so the service may be \
+            running; Cosmos DB through a paged cross-partition query when INGEST_BACKEND=azure), \
+            one page at a time: memory stays constant however many users there are. The file it \
+            writes can be posted to a service again with `import`.",
+        after_help = export::AFTER_HELP,
+        after_long_help = format!("{}\n\n{}", export::AFTER_HELP, store_settings_help())
+    )]
+    Export(export::ExportArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or PowerShell.
+    #[command(
+        long_about = "Print the completion script of this command line (every command and flag) \
+            for a shell to stdout.",
+        after_help = completions::AFTER_HELP
+    )]
+    Completions(completions::CompletionsArgs),
+}
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  data-ingestion-api serve --port 8080 --data-dir /var/lib/ingest
+  INGEST_BACKEND=azure COSMOS_ENDPOINT=… SERVICEBUS_CONNECTION_STRING=… data-ingestion-api serve";
+
+const IMPORT_EXAMPLES: &str = "\
+Examples:
+  data-ingestion-api import tests/data/users.ndjson
+  data-ingestion-api import users.json --url https://ingest.example.net --api-key \"$KEY\" --concurrency 64";
+
+/// `serve --help`: the examples, then every setting with its default, from [`config::SETTINGS`].
+fn serve_settings_help() -> String {
+    let mut help = format!(
+        "{SERVE_EXAMPLES}\n\nEnvironment (the flags win over it, but FUNCTIONS_CUSTOMHANDLER_PORT wins over --port):\n"
+    );
+    for setting in config::SETTINGS {
+        let default = if setting.default.is_empty() { "–" } else { setting.default };
+        help.push_str(&format!("  {} [default: {default}]\n      {}\n", setting.name, setting.description));
+    }
+    help
 }
 
 #[derive(Args, Default)]
@@ -40,7 +134,10 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Import(args)) => cli::import::main(args),
+        Some(Command::Import(args)) => import::main(args),
+        Some(Command::Get(args)) => get::main(args),
+        Some(Command::Export(args)) => export::main(args),
+        Some(Command::Completions(args)) => completions::main(args, Cli::command()),
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),
     }

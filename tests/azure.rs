@@ -232,7 +232,7 @@ fn the_import_command_retries_503_honouring_retry_after_until_every_record_is_ac
     std::fs::write(&input, lines.join("\n")).unwrap();
     let started = Instant::now();
     let output = std::process::Command::new(support::BIN)
-        .args(["import", "--url", &server.base, "--concurrency", "4"])
+        .args(["import", "--url", &server.base, "--concurrency", "4", "--batch-size", "1"])
         .arg(&input)
         .current_dir(dir.path())
         .output()
@@ -243,4 +243,20 @@ fn the_import_command_retries_503_honouring_retry_after_until_every_record_is_ac
     assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was not honoured");
     assert_eq!(servicebus.attempts(), 25);
     assert_eq!(servicebus.captured().len(), 20, "each record is in the topic once");
+
+    // In batches: the one batch send is refused twice, then taken whole.
+    servicebus.set_mode(Mode::FailTimes { n: 2, status: 503, retry_after: Some(1) });
+    let started = Instant::now();
+    let output = std::process::Command::new(support::BIN)
+        .args(["import", "--url", &server.base, "--restart", "--accepted", "again.ndjson"])
+        .arg(&input)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("20 records, 20 accepted, 0 rejected, 0 failed"), "{stdout}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "Retry-After was not honoured");
+    assert_eq!(servicebus.attempts(), 25 + 3);
+    assert_eq!(servicebus.captured().len(), 40, "the batch is in the topic once more");
 }

@@ -139,3 +139,150 @@ fn an_unreachable_service_fails_fast_with_the_url() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("http://127.0.0.1:9"));
 }
+
+/// A CSV cell, quoted as RFC 4180 wants.
+fn cell(value: &Value) -> String {
+    let text = match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    format!("\"{}\"", text.replace('"', "\"\""))
+}
+
+#[test]
+fn a_csv_file_is_imported_with_typed_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let users: Vec<Value> = support::users().into_iter().take(200).collect();
+    let columns = ["id", "name", "email", "age", "country", "attributes"];
+    let mut csv = columns.join(",") + "\n";
+    for u in &users {
+        csv += &columns.iter().map(|c| cell(&u[*c])).collect::<Vec<_>>().join(",");
+        csv += "\r\n";
+    }
+    let input = dir.path().join("users.csv");
+    std::fs::write(&input, csv).unwrap();
+    let accepted = dir.path().join("ids.ndjson");
+    let output = Command::new(BIN)
+        .args(["import", "--url", &server.base, "--accepted"])
+        .arg(&accepted)
+        .arg(&input)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("200 records, 200 accepted, 0 rejected"), "{stdout}");
+    // CSV line n+1 holds user n; each is stored with the same fields (and types) as the NDJSON.
+    let ids: HashMap<u64, String> = read_ndjson(&accepted)
+        .into_iter()
+        .map(|v| (v["line"].as_u64().unwrap(), v["id"].as_str().unwrap().to_owned()))
+        .collect();
+    let client = blocking_client();
+    for (i, user) in users.iter().enumerate() {
+        let id = &ids[&(i as u64 + 2)];
+        let mut doc = wait_for_user(&client, &server, id, Duration::from_secs(30));
+        let doc = doc.as_object_mut().unwrap();
+        doc.remove("ingestedAt");
+        let mut expected = user.as_object().unwrap().clone();
+        expected.insert("id".into(), Value::String(id.clone()));
+        expected.retain(|_, v| !v.is_null());
+        assert_eq!(doc, &expected, "CSV row {}", i + 2);
+    }
+}
+
+#[test]
+fn an_interrupted_import_resumes_from_its_checkpoint_without_duplicating_anyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let checkpoint = dir.path().join("progress.checkpoint");
+    let import = |extra: &[&str]| {
+        let mut command = Command::new(BIN);
+        command
+            .args([
+                "import",
+                "--url",
+                &server.base,
+                "--batch-size",
+                "5",
+                "--concurrency",
+                "1",
+                "--checkpoint",
+            ])
+            .arg(&checkpoint)
+            .args(extra)
+            .arg(support::data_file("users.ndjson"))
+            .current_dir(dir.path());
+        command
+    };
+    // Killed (SIGKILL: no chance to tidy up) once some batches are done.
+    let mut first = import(&[]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    support::eventually("the checkpoint records some batches", Duration::from_secs(30), || {
+        std::fs::read_to_string(&checkpoint)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|c| c["done"].as_array().is_some_and(|d| d.len() >= 20))
+    });
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let done_before: usize = {
+        let c: Value = serde_json::from_str(&std::fs::read_to_string(&checkpoint).unwrap()).unwrap();
+        c["done"].as_array().unwrap().len() * 5
+    };
+    assert!(done_before < 2000, "the import finished before it could be interrupted");
+
+    let output = import(&[]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(&format!("2000 records ({done_before} done before, skipped)")), "{stdout}");
+    assert!(!checkpoint.exists(), "a finished import leaves no checkpoint");
+    support::eventually("the queue is drained", Duration::from_secs(30), || {
+        support::queued(&server.data_dir) == 0
+    });
+    assert_eq!(support::stored(&server.data_dir), 2000, "every user once, none twice");
+    // Every record was accepted once across both runs (the accepted file is appended to).
+    let accepted = read_ndjson(&dir.path().join("users.ndjson.accepted.ndjson"));
+    let lines: std::collections::HashSet<u64> =
+        accepted.iter().map(|a| a["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines.len(), 2000);
+
+    // Importing the same file again, from scratch, still stores no one twice.
+    let output = import(&["--restart"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    support::eventually("the queue is drained", Duration::from_secs(30), || {
+        support::queued(&server.data_dir) == 0
+    });
+    assert_eq!(support::stored(&server.data_dir), 2000);
+}
+
+#[test]
+fn record_by_record_and_batched_imports_store_the_same_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let single = TestServer::start(&dir.path().join("single"), &[]);
+    let batched = TestServer::start(&dir.path().join("batched"), &[]);
+    let input = dir.path().join("some.ndjson");
+    let lines: Vec<String> = support::users().iter().take(300).map(Value::to_string).collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    for (server, size) in [(&single, "1"), (&batched, "500")] {
+        let output = Command::new(BIN)
+            .args(["import", "--url", &server.base, "--batch-size", size, "--restart"])
+            .arg(&input)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    }
+    let client = blocking_client();
+    let ids: Vec<String> = read_ndjson(&dir.path().join("some.ndjson.accepted.ndjson"))
+        .into_iter()
+        .map(|a| a["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in ids.iter().take(300) {
+        let mut a = wait_for_user(&client, &single, id, Duration::from_secs(30));
+        let mut b = wait_for_user(&client, &batched, id, Duration::from_secs(30));
+        a.as_object_mut().unwrap().remove("ingestedAt");
+        b.as_object_mut().unwrap().remove("ingestedAt");
+        assert_eq!(a, b, "{id}: the same ids and fields either way");
+    }
+}

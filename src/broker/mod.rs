@@ -66,6 +66,16 @@ pub struct BackendHealth {
 pub trait Publisher: Send + Sync {
     /// Returns once every message is durable, or fails without any being acknowledged.
     async fn publish(&self, messages: Vec<OutgoingMessage>) -> Result<(), PublishError>;
+    /// Publishes in order, in as few requests as the topic allows. Returns how many of the
+    /// leading messages are durable, and the error that stopped the rest (None: all are).
+    /// By default all or nothing, through [`Publisher::publish`].
+    async fn publish_batch(&self, messages: Vec<OutgoingMessage>) -> (usize, Option<PublishError>) {
+        let count = messages.len();
+        match self.publish(messages).await {
+            Ok(()) => (count, None),
+            Err(e) => (0, Some(e)),
+        }
+    }
     async fn health(&self) -> BackendHealth;
 }
 

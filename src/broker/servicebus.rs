@@ -4,7 +4,8 @@
 //! The crate sets no timeout and no retry, so both are here: each send is bounded by a
 //! timeout, and 5xx, 429 and timeouts are retried with backoff (honouring `Retry-After`).
 //! A retried send reuses its MessageId, so the topic's duplicate detection drops a copy that
-//! did land. When the topic stays unavailable the caller gets [`PublishError::Unavailable`]
+//! did land. Batches go out as REST batch sends, cut below the 256 KB limit of a send.
+//! When the topic stays unavailable the caller gets [`PublishError::Unavailable`]
 //! and the API answers 503 — never 202 for a message that is not in the topic.
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -61,33 +62,53 @@ impl ServiceBusPublisher {
     }
 
     async fn send_one(&self, message: &OutgoingMessage) -> Result<(), PublishError> {
+        let options = || SendMessageOptions {
+            content_type: Some("application/json".into()),
+            broker_properties: Some(SettableBrokerProperties {
+                message_id: Some(message.message_id.clone()),
+                correlation_id: message.correlation_id.clone(),
+                label: Some("user".into()),
+                ..Default::default()
+            }),
+            custom_properties: Some([("schemaVersion".to_owned(), SCHEMA_VERSION.to_owned())].into()),
+        };
+        self.send(&message.body, options, &message.message_id).await
+    }
+
+    /// One REST batch send: the same endpoint with the batch media type and a JSON array of
+    /// messages, each with its own properties. Service Bus takes it all or nothing.
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<(), PublishError> {
+        let body = batch_body(messages);
+        let options = || SendMessageOptions {
+            content_type: Some(BATCH_CONTENT_TYPE.into()),
+            broker_properties: None,
+            custom_properties: None,
+        };
+        self.send(&body, options, &messages[0].message_id).await
+    }
+
+    /// Sends a body with a timeout per attempt, retrying 5xx, 429 and timeouts with backoff.
+    async fn send(
+        &self,
+        body: &str,
+        options: impl Fn() -> SendMessageOptions,
+        first_message_id: &str,
+    ) -> Result<(), PublishError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let options = SendMessageOptions {
-                content_type: Some("application/json".into()),
-                broker_properties: Some(SettableBrokerProperties {
-                    message_id: Some(message.message_id.clone()),
-                    correlation_id: message.correlation_id.clone(),
-                    label: Some("user".into()),
-                    ..Default::default()
-                }),
-                custom_properties: Some([("schemaVersion".to_owned(), SCHEMA_VERSION.to_owned())].into()),
-            };
-            let failure = match tokio::time::timeout(
-                self.timeout,
-                self.sender.send_message(&message.body, Some(options)),
-            )
-            .await
-            {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) => classify(&e),
-                Err(_) => Failure {
-                    retryable: true,
-                    retry_after: None,
-                    reason: format!("no answer within {} ms", self.timeout.as_millis()),
-                },
-            };
+            let failure =
+                match tokio::time::timeout(self.timeout, self.sender.send_message(body, Some(options())))
+                    .await
+                {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(e)) => classify(&e),
+                    Err(_) => Failure {
+                        retryable: true,
+                        retry_after: None,
+                        reason: format!("no answer within {} ms", self.timeout.as_millis()),
+                    },
+                };
             if !failure.retryable || attempt >= self.max_attempts {
                 if !failure.retryable {
                     tracing::error!(
@@ -103,26 +124,99 @@ impl ServiceBusPublisher {
             let backoff = Duration::from_millis(100 * 2u64.pow(attempt - 1));
             let wait = failure.retry_after.unwrap_or(backoff).min(MAX_RETRY_WAIT);
             tracing::warn!(
-                message_id = %message.message_id, attempt, wait_ms = wait.as_millis() as u64,
+                message_id = %first_message_id, attempt, wait_ms = wait.as_millis() as u64,
                 reason = %failure.reason, "Service Bus send failed; retrying"
             );
             tokio::time::sleep(wait).await;
         }
     }
+
+    fn record(&self, result: &Result<(), PublishError>) {
+        match result {
+            Ok(()) => self.failures_in_a_row.store(0, Ordering::Relaxed),
+            Err(e) => {
+                self.failures_in_a_row.fetch_add(1, Ordering::Relaxed);
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            }
+        }
+    }
+}
+
+/// The media type of a REST batch send.
+const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.servicebus.json";
+/// A send may carry 256 KB on the Standard tier, properties and framing included: batches
+/// are cut well below that.
+const MAX_BATCH_SEND_BYTES: usize = 192 * 1024;
+
+/// A batch send's body: `[{"Body", "BrokerProperties", "UserProperties"}, ...]`.
+fn batch_body(messages: &[OutgoingMessage]) -> String {
+    let items: Vec<serde_json::Value> = messages.iter().map(batch_item).collect();
+    serde_json::Value::Array(items).to_string()
+}
+
+fn batch_item(message: &OutgoingMessage) -> serde_json::Value {
+    let mut properties = serde_json::json!({
+        "MessageId": message.message_id,
+        "Label": "user",
+        "ContentType": "application/json",
+    });
+    if let Some(correlation) = &message.correlation_id {
+        properties["CorrelationId"] = correlation.clone().into();
+    }
+    serde_json::json!({
+        "Body": message.body,
+        "BrokerProperties": properties,
+        "UserProperties": {"schemaVersion": SCHEMA_VERSION},
+    })
+}
+
+/// Cuts messages, in order, into runs whose batch body stays under [`MAX_BATCH_SEND_BYTES`].
+fn batches(messages: &[OutgoingMessage]) -> Vec<&[OutgoingMessage]> {
+    let mut runs = Vec::new();
+    let (mut start, mut size) = (0, 2);
+    for (i, message) in messages.iter().enumerate() {
+        let item = batch_item(message).to_string().len() + 1;
+        if i > start && size + item > MAX_BATCH_SEND_BYTES {
+            runs.push(&messages[start..i]);
+            (start, size) = (i, 2);
+        }
+        size += item;
+    }
+    if start < messages.len() {
+        runs.push(&messages[start..]);
+    }
+    runs
 }
 
 #[async_trait]
 impl Publisher for ServiceBusPublisher {
     async fn publish(&self, messages: Vec<OutgoingMessage>) -> Result<(), PublishError> {
         for message in &messages {
-            if let Err(e) = self.send_one(message).await {
-                self.failures_in_a_row.fetch_add(1, Ordering::Relaxed);
-                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                return Err(e);
+            let result = self.send_one(message).await;
+            self.record(&result);
+            result?;
+        }
+        Ok(())
+    }
+
+    /// One message: a plain send. More: REST batch sends of up to ~192 KB each, in order.
+    async fn publish_batch(&self, messages: Vec<OutgoingMessage>) -> (usize, Option<PublishError>) {
+        if messages.len() == 1 {
+            return match self.publish(messages).await {
+                Ok(()) => (1, None),
+                Err(e) => (0, Some(e)),
+            };
+        }
+        let mut durable = 0;
+        for run in batches(&messages) {
+            let result = self.send_batch(run).await;
+            self.record(&result);
+            match result {
+                Ok(()) => durable += run.len(),
+                Err(e) => return (durable, Some(e)),
             }
         }
-        self.failures_in_a_row.store(0, Ordering::Relaxed);
-        Ok(())
+        (durable, None)
     }
 
     /// Service Bus has no cheap probe over REST, so health reflects the latest sends.

@@ -1,34 +1,65 @@
-//! `data-ingestion-api import FILE`: posts every record of an NDJSON file (one record per
-//! line) or a JSON array to a running service, with bounded concurrency.
+//! `data-ingestion-api import FILE`: sends every record of an NDJSON, JSON-array or CSV file
+//! to a running service, in batches (`POST /api/users` with a JSON array) with bounded
+//! concurrency, and resumes from a checkpoint after an interruption.
 //!
-//! 429 and 503 mean nothing was accepted, so they are retried with backoff, honouring
-//! `Retry-After`. Other failures are retried only where a retry cannot duplicate a user:
-//! before the request was sent, or for a record that carries its own id (the store upserts
-//! by id). Everything else is reported, never dropped silently.
+//! No duplicates, ever: a record without an id gets one here, a UUID derived from the file's
+//! content and the record's position, so sending it again — a retry, a resumed run, the same
+//! file imported twice — upserts the same user instead of creating another. That makes every
+//! retry safe: 429 and 503 (nothing accepted) and transport failures are retried with
+//! backoff, honouring `Retry-After`; records a batch answers 503 for are sent again.
+//! Field errors are final and reported with the record.
 
-use std::collections::BTreeMap;
-use std::fs::File;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use anyhow::Context;
+use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::{header, StatusCode};
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 
 #[derive(Args, Debug, Clone)]
+#[command(after_help = "\
+Examples:
+  data-ingestion-api import users.ndjson
+  data-ingestion-api import --url https://myapp.azurewebsites.net --api-key $KEY users.csv
+  data-ingestion-api import --restart users.json      # ignore the checkpoint, start over
+
+Formats: NDJSON (one record per line), a JSON array, or CSV with a header row naming the
+fields (id,name,email,age,country,attributes; attributes as JSON text; empty cells are left
+out). Records from `export` are accepted as they are (their ingestedAt is dropped: the service
+sets it). Exit status: 0 all accepted, 1 some not accepted (see the rejects file), 2 the
+service or the file could not be used.")]
 pub struct ImportArgs {
-    /// NDJSON (one record per line) or a JSON array of records.
+    /// The records: NDJSON, a JSON array, or CSV (by extension, or `--format`).
     pub file: PathBuf,
     /// Base URL of the service.
     #[arg(long, env = "INGEST_URL", default_value = "http://127.0.0.1:7071")]
     pub url: String,
-    /// Requests in flight at once.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub concurrency: u16,
+    /// Input format [default: csv for *.csv, json when the file starts with '[', else ndjson].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Records per request; 1 sends each record on its own.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..=500))]
+    pub batch_size: u16,
+    /// Largest request body of a batch, in bytes (the service's MAX_BATCH_BYTES).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub batch_bytes: usize,
+    /// Requests in flight at once [default: 4 with batches, 32 record by record].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: Option<u16>,
+    /// Where progress is saved to resume from [default: FILE's name + .checkpoint, in the current directory].
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Ignore an existing checkpoint and send every record again.
+    #[arg(long)]
+    pub restart: bool,
     /// Where to write the rejected records with their errors [default: FILE's name + .rejected.ndjson, in the current directory].
     #[arg(long)]
     pub rejects: Option<PathBuf>,
@@ -38,7 +69,7 @@ pub struct ImportArgs {
     /// Function key, sent as `x-functions-key`.
     #[arg(long, env = "INGEST_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Attempts per record for retryable answers (429, 503, connection failures).
+    /// Attempts per request for retryable answers (429, 503, connection failures).
     #[arg(long, default_value_t = 10)]
     pub max_attempts: u32,
     /// No progress display.
@@ -46,12 +77,24 @@ pub struct ImportArgs {
     pub quiet: bool,
 }
 
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Ndjson,
+    Json,
+    Csv,
+}
+
 /// One record of the input and where it was.
+#[derive(Debug, Clone)]
 struct Record {
-    /// 1-based line number (NDJSON) or element number (JSON array).
+    /// 1-based line number (NDJSON, CSV data rows counted from the header's line) or element number (JSON array).
     position: usize,
-    body: String,
-    has_id: bool,
+    /// What is sent: the record as read, with an id when it had none.
+    body: Value,
+    /// The input, for the rejects file, when it could not be read as a record.
+    raw: Option<String>,
+    /// The line as written (NDJSON), for the rejects file.
+    line: Option<String>,
 }
 
 enum Outcome {
@@ -82,6 +125,8 @@ pub fn main(args: ImportArgs) -> ExitCode {
 #[derive(Debug, Default)]
 pub struct Summary {
     pub total: usize,
+    /// Records of batches a checkpoint showed as done, not sent again.
+    pub skipped: usize,
     pub accepted: usize,
     pub rejected: usize,
     pub failed: usize,
@@ -90,89 +135,196 @@ pub struct Summary {
 
 impl Summary {
     pub fn all_accepted(&self) -> bool {
-        self.accepted == self.total
+        self.rejected == 0 && self.failed == 0
+    }
+}
+
+/// The batches done so far, saved after each one (written aside, then renamed).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Checkpoint {
+    /// Which input this is about: a checkpoint of another file (or another batch size) is not used.
+    file: String,
+    batch_size: usize,
+    done: BTreeSet<usize>,
+    accepted: usize,
+    rejected: usize,
+}
+
+impl Checkpoint {
+    fn load(path: &Path, file: &str, batch_size: usize) -> anyhow::Result<Option<Self>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(anyhow::anyhow!("cannot read the checkpoint {}: {e}", path.display())),
+        };
+        let checkpoint: Checkpoint = serde_json::from_str(&text)
+            .with_context(|| format!("the checkpoint {} is damaged; use --restart", path.display()))?;
+        if checkpoint.file != file || checkpoint.batch_size != batch_size {
+            anyhow::bail!(
+                "the checkpoint {} belongs to another file or batch size; use --restart or --checkpoint",
+                path.display()
+            );
+        }
+        Ok(Some(checkpoint))
+    }
+
+    fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let aside = path.with_extension("checkpoint.tmp");
+        let mut file = File::create(&aside).with_context(|| format!("cannot write {}", aside.display()))?;
+        file.write_all(serde_json::to_string(self)?.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&aside, path).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
     }
 }
 
 pub async fn run(args: ImportArgs) -> anyhow::Result<Summary> {
-    let records = read_records(&args.file)?;
+    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    // Identifies the input: the namespace of the ids given to id-less records, and the checkpoint's owner.
+    let file_id = uuid::Uuid::new_v5(&IMPORT_NAMESPACE, &bytes);
+    let format = args.format.unwrap_or_else(|| detect(&args.file, &bytes));
+    let records = read_records(&bytes, format, &file_id)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    drop(bytes);
     let base = args.url.trim_end_matches('/').to_owned();
     let endpoint = format!("{base}/api/users");
+    let batch_size = args.batch_size as usize;
+    let concurrency = args.concurrency.map_or(if batch_size > 1 { 4 } else { 32 }, usize::from);
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency as usize)
+        .pool_max_idle_per_host(concurrency)
         .tcp_nodelay(true)
-        .timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(60))
         .build()?;
     preflight(&client, &base).await?;
 
     let stem = args.file.file_name().map_or("import".into(), |n| n.to_string_lossy().into_owned());
-    let accepted_path =
-        args.accepted.clone().unwrap_or_else(|| PathBuf::from(format!("{stem}.accepted.ndjson")));
-    let rejects_path =
-        args.rejects.clone().unwrap_or_else(|| PathBuf::from(format!("{stem}.rejected.ndjson")));
-    let mut accepted_out = create(&accepted_path)?;
-    let mut rejects_out = create(&rejects_path)?;
+    let output = |given: &Option<PathBuf>, suffix: &str| {
+        given.clone().unwrap_or_else(|| PathBuf::from(format!("{stem}.{suffix}")))
+    };
+    let accepted_path = output(&args.accepted, "accepted.ndjson");
+    let rejects_path = output(&args.rejects, "rejected.ndjson");
+    let checkpoint_path = output(&args.checkpoint, "checkpoint");
 
-    let total = records.len();
-    let progress = Progress::new(total, args.quiet);
-    let started = Instant::now();
+    let batches = cut(records, batch_size, args.batch_bytes);
+    let total: usize = batches.iter().map(Vec::len).sum();
+    let file_key = file_id.to_string();
+    let resumed =
+        if args.restart { None } else { Checkpoint::load(&checkpoint_path, &file_key, batch_size)? };
+    let resuming = resumed.is_some();
+    let mut checkpoint =
+        resumed.unwrap_or(Checkpoint { file: file_key, batch_size, ..Checkpoint::default() });
+    // A resumed run appends to what the interrupted one wrote.
+    let mut accepted_out = open(&accepted_path, resuming)?;
+    let mut rejects_out = open(&rejects_path, resuming)?;
+
     let mut summary = Summary { total, ..Summary::default() };
+    let pending: Vec<(usize, Vec<Record>)> = batches
+        .into_iter()
+        .enumerate()
+        .filter(|(n, batch)| {
+            let done = checkpoint.done.contains(n);
+            if done {
+                summary.skipped += batch.len();
+            }
+            !done
+        })
+        .collect();
+    if resuming {
+        eprintln!(
+            "import: resuming from {}: {} records already done, {} to send",
+            checkpoint_path.display(),
+            summary.skipped,
+            total - summary.skipped
+        );
+    }
+    let progress = Progress::new(total, args.quiet);
+    progress.tick(summary.skipped);
+    let started = Instant::now();
+    let sent = total - summary.skipped;
 
     let api_key = args.api_key.clone();
     let max_attempts = args.max_attempts.max(1);
-    let mut results = futures::stream::iter(records)
-        .map(|record| {
+    let mut results = futures::stream::iter(pending)
+        .map(|(number, batch)| {
             let client = client.clone();
             let endpoint = endpoint.clone();
             let api_key = api_key.clone();
             async move {
-                let outcome = send(&client, &endpoint, api_key.as_deref(), &record, max_attempts).await;
-                (record, outcome)
+                let outcomes = if batch_size == 1 {
+                    vec![send_one(&client, &endpoint, api_key.as_deref(), &batch[0], max_attempts).await]
+                } else {
+                    send_batch(&client, &endpoint, api_key.as_deref(), &batch, max_attempts).await
+                };
+                (number, batch, outcomes)
             }
         })
-        .buffer_unordered(args.concurrency as usize);
+        .buffer_unordered(concurrency);
 
-    while let Some((record, outcome)) = results.next().await {
-        match outcome {
-            Outcome::Accepted { id } => {
-                summary.accepted += 1;
-                writeln!(accepted_out, "{}", json!({"line": record.position, "id": id}))?;
-            }
-            Outcome::Rejected { status, reason, problem } => {
-                summary.rejected += 1;
-                *summary.by_reason.entry(reason.clone()).or_default() += 1;
-                let line = json!({"line": record.position, "status": status, "reason": reason, "problem": problem, "record": record.body});
-                writeln!(rejects_out, "{line}")?;
-            }
-            Outcome::Failed { reason } => {
-                summary.failed += 1;
-                *summary.by_reason.entry(reason.clone()).or_default() += 1;
-                let line =
-                    json!({"line": record.position, "status": null, "reason": reason, "record": record.body});
-                writeln!(rejects_out, "{line}")?;
+    let mut done = summary.skipped;
+    while let Some((number, batch, outcomes)) = results.next().await {
+        let mut complete = true;
+        for (record, outcome) in batch.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Accepted { id } => {
+                    summary.accepted += 1;
+                    writeln!(accepted_out, "{}", json!({"line": record.position, "id": id}))?;
+                }
+                Outcome::Rejected { status, reason, problem } => {
+                    summary.rejected += 1;
+                    *summary.by_reason.entry(reason.clone()).or_default() += 1;
+                    let input = record.line.clone().map_or(record.body.clone(), Value::String);
+                    let line = json!({"line": record.position, "status": status, "reason": reason, "problem": problem, "record": input});
+                    writeln!(rejects_out, "{line}")?;
+                }
+                Outcome::Failed { reason } => {
+                    complete = false;
+                    summary.failed += 1;
+                    *summary.by_reason.entry(reason.clone()).or_default() += 1;
+                    let input = record.line.clone().map_or(record.body.clone(), Value::String);
+                    let line =
+                        json!({"line": record.position, "status": null, "reason": reason, "record": input});
+                    writeln!(rejects_out, "{line}")?;
+                }
             }
         }
-        progress.tick(summary.accepted + summary.rejected + summary.failed);
+        // Written before the checkpoint says so: a batch marked done has its results on disk.
+        accepted_out.flush()?;
+        rejects_out.flush()?;
+        if complete {
+            checkpoint.done.insert(number);
+            checkpoint.accepted = summary.accepted;
+            checkpoint.rejected = summary.rejected;
+            checkpoint.save(&checkpoint_path)?;
+        }
+        done += batch.len();
+        progress.tick(done);
     }
     progress.finish();
-    accepted_out.flush()?;
-    rejects_out.flush()?;
     drop(rejects_out);
-    if summary.rejected + summary.failed == 0 {
+    if summary.failed == 0 {
+        // Everything was answered: nothing to resume.
+        let _ = std::fs::remove_file(&checkpoint_path);
+    }
+    if summary.rejected + summary.failed == 0 && !resuming {
         // No rejects: leave no empty file behind.
         let _ = std::fs::remove_file(&rejects_path);
     }
 
     let elapsed = started.elapsed().as_secs_f64();
+    let skipped = if summary.skipped > 0 {
+        format!(" ({} done before, skipped)", summary.skipped)
+    } else {
+        String::new()
+    };
     println!(
-        "imported {}: {} records, {} accepted, {} rejected, {} failed in {:.2} s ({:.0} records/s)",
+        "imported {}: {} records{skipped}, {} accepted, {} rejected, {} failed in {:.2} s ({:.0} records/s)",
         args.file.display(),
         total,
         summary.accepted,
         summary.rejected,
         summary.failed,
         elapsed,
-        total as f64 / elapsed.max(1e-9)
+        sent as f64 / elapsed.max(1e-9)
     );
     println!("ids of accepted records (assigned ones included): {}", accepted_path.display());
     if !summary.by_reason.is_empty() {
@@ -182,38 +334,134 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<Summary> {
         }
         println!("rejected records with their errors: {}", rejects_path.display());
     }
+    if summary.failed > 0 {
+        println!(
+            "{} records could not be sent; run the same command again to resume from {}",
+            summary.failed,
+            checkpoint_path.display()
+        );
+    }
     Ok(summary)
 }
 
-fn create(path: &Path) -> anyhow::Result<BufWriter<File>> {
-    let file = File::create(path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+/// The namespace of the UUIDs given to records that have no id.
+const IMPORT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5d1c_3f7e_8a2b_4c6d_9e0f_1a2b_3c4d_5e6f);
+
+fn open(path: &Path, append: bool) -> anyhow::Result<BufWriter<File>> {
+    let file =
+        if append { OpenOptions::new().create(true).append(true).open(path) } else { File::create(path) };
+    let file = file.map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
     Ok(BufWriter::new(file))
 }
 
-/// NDJSON, or a JSON array when the first non-blank character is `[`.
-fn read_records(path: &Path) -> anyhow::Result<Vec<Record>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let has_id = |v: &Value| v.get("id").is_some_and(|id| !id.is_null());
-    if text.trim_start().starts_with('[') {
-        let items: Vec<Value> = serde_json::from_str(&text).map_err(|e| {
-            anyhow::anyhow!("{} starts with '[' but is not a JSON array: {e}", path.display())
-        })?;
-        return Ok(items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| Record { position: i + 1, has_id: has_id(&v), body: v.to_string() })
-            .collect());
+fn detect(path: &Path, bytes: &[u8]) -> Format {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+        Format::Csv
+    } else if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        Format::Json
+    } else {
+        Format::Ndjson
     }
-    Ok(text
-        .lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| {
-            let id = serde_json::from_str::<Value>(line).map(|v| has_id(&v)).unwrap_or(false);
-            Record { position: i + 1, body: line.to_owned(), has_id: id }
-        })
-        .collect())
+}
+
+/// Reads every record, gives an id to those without one, and drops `ingestedAt` (the service
+/// sets it; an export carries it).
+fn read_records(bytes: &[u8], format: Format, file_id: &uuid::Uuid) -> anyhow::Result<Vec<Record>> {
+    let text = std::str::from_utf8(bytes).context("the file is not UTF-8")?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut records: Vec<Record> = match format {
+        Format::Json => {
+            let items: Vec<Value> =
+                serde_json::from_str(text).context("it is read as a JSON array, but is not one")?;
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| Record { position: i + 1, body: v, raw: None, line: None })
+                .collect()
+        }
+        Format::Ndjson => text
+            .lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| match serde_json::from_str::<Value>(line) {
+                Ok(v) => Record { position: i + 1, body: v, raw: None, line: Some(line.to_owned()) },
+                // Refused as the service would: not JSON.
+                Err(_) => Record {
+                    position: i + 1,
+                    body: Value::Null,
+                    raw: Some(line.to_owned()),
+                    line: Some(line.to_owned()),
+                },
+            })
+            .collect(),
+        Format::Csv => read_csv(text)?,
+    };
+    for record in &mut records {
+        if let Value::Object(fields) = &mut record.body {
+            fields.remove("ingestedAt");
+            if fields.get("id").is_none_or(Value::is_null) {
+                let id = uuid::Uuid::new_v5(file_id, record.position.to_string().as_bytes());
+                fields.insert("id".into(), Value::String(id.to_string()));
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// CSV with a header row of field names. Cells become JSON by field: `age` a number when it
+/// reads as one, `attributes` parsed JSON, everything else a string; empty cells are left out.
+fn read_csv(text: &str) -> anyhow::Result<Vec<Record>> {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
+    let header: Vec<String> =
+        reader.headers().context("no header row")?.iter().map(|h| h.trim().to_owned()).collect();
+    if header.iter().all(String::is_empty) {
+        anyhow::bail!("the header row names no fields");
+    }
+    let mut records = Vec::new();
+    for (i, row) in reader.records().enumerate() {
+        let row = row.with_context(|| format!("CSV row {}", i + 2))?;
+        // Rows are counted as lines would be without quoted newlines: the header is row 1.
+        let position = i + 2;
+        let mut fields = Map::new();
+        for (name, cell) in header.iter().zip(row.iter()) {
+            if cell.is_empty() || name.is_empty() {
+                continue;
+            }
+            let value = match name.as_str() {
+                "age" => {
+                    cell.trim().parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::String(cell.into()))
+                }
+                "attributes" => serde_json::from_str(cell).unwrap_or_else(|_| Value::String(cell.into())),
+                _ => Value::String(cell.into()),
+            };
+            fields.insert(name.clone(), value);
+        }
+        if row.len() > header.len() {
+            fields.insert(format!("column {}", header.len() + 1), Value::String(row[header.len()].into()));
+        }
+        records.push(Record { position, body: Value::Object(fields), raw: None, line: None });
+    }
+    Ok(records)
+}
+
+/// Cuts records, in order, into batches of at most `size` records and `max_bytes` of JSON.
+fn cut(records: Vec<Record>, size: usize, max_bytes: usize) -> Vec<Vec<Record>> {
+    let mut batches: Vec<Vec<Record>> = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 2;
+    for record in records {
+        let len = record.raw.as_ref().map_or_else(|| record.body.to_string().len(), String::len) + 1;
+        if !current.is_empty() && (current.len() >= size || bytes + len > max_bytes) {
+            batches.push(std::mem::take(&mut current));
+            bytes = 2;
+        }
+        bytes += len;
+        current.push(record);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
 }
 
 /// Fails fast, with the URL in the message, when nothing answers there.
@@ -229,7 +477,52 @@ async fn preflight(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     Err(anyhow::anyhow!("no service answers at {base}: {}", last.map(|e| e.to_string()).unwrap_or_default()))
 }
 
-async fn send(
+/// A response, or why there was none; whether to try again and after how long.
+struct Answer {
+    status: StatusCode,
+    body: Value,
+    retry_after: Option<Duration>,
+}
+
+async fn post(
+    client: &reqwest::Client,
+    endpoint: &str,
+    api_key: Option<&str>,
+    body: String,
+) -> Result<Answer, String> {
+    let mut request = client.post(endpoint).header(header::CONTENT_TYPE, "application/json").body(body);
+    if let Some(key) = api_key {
+        request = request.header("x-functions-key", key);
+    }
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = response.json().await.unwrap_or(Value::Null);
+            Ok(Answer { status, body, retry_after })
+        }
+        Err(e) if e.is_connect() => Err(format!("cannot connect: {e}")),
+        Err(e) => Err(format!("transport error: {e}")),
+    }
+}
+
+fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let backoff = Duration::from_millis(100u64 << attempt.min(7)).min(Duration::from_secs(10));
+    retry_after.unwrap_or(backoff).min(Duration::from_secs(60))
+}
+
+fn body_text(record: &Record) -> String {
+    record.raw.clone().unwrap_or_else(|| record.body.to_string())
+}
+
+/// One record on its own: `202`, a final `4xx`, or retried (every record has an id, so a
+/// retry can never duplicate a user).
+async fn send_one(
     client: &reqwest::Client,
     endpoint: &str,
     api_key: Option<&str>,
@@ -239,49 +532,169 @@ async fn send(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut request =
-            client.post(endpoint).header(header::CONTENT_TYPE, "application/json").body(record.body.clone());
-        if let Some(key) = api_key {
-            request = request.header("x-functions-key", key);
-        }
-        let (retryable, reason, wait) = match request.send().await {
-            Ok(response) => {
-                let status = response.status();
-                let retry_after = response
-                    .headers()
-                    .get(header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                let body: Value = response.json().await.unwrap_or(Value::Null);
-                if status == StatusCode::ACCEPTED {
-                    match body.get("id").and_then(Value::as_str) {
-                        Some(id) => return Outcome::Accepted { id: id.to_owned() },
-                        None => return Outcome::Failed { reason: "202 without an id".into() },
-                    }
-                }
-                if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
-                    (true, format!("HTTP {}", status.as_u16()), retry_after)
-                } else if status.is_client_error() {
-                    return Outcome::Rejected {
-                        status: status.as_u16(),
-                        reason: reason_of(status, &body),
-                        problem: body,
-                    };
-                } else {
-                    // 5xx other than 503: the record may or may not have been accepted.
-                    (record.has_id, format!("HTTP {}", status.as_u16()), retry_after)
-                }
+        let (reason, wait) = match post(client, endpoint, api_key, body_text(record)).await {
+            Ok(answer) if answer.status == StatusCode::ACCEPTED => {
+                return match answer.body.get("id").and_then(Value::as_str) {
+                    Some(id) => Outcome::Accepted { id: id.to_owned() },
+                    None => Outcome::Failed { reason: "202 without an id".into() },
+                };
             }
-            Err(e) if e.is_connect() => (true, format!("cannot connect: {e}"), None),
-            Err(e) => (record.has_id, format!("transport error: {e}"), None),
+            Ok(answer)
+                if answer.status.is_client_error() && answer.status != StatusCode::TOO_MANY_REQUESTS =>
+            {
+                return Outcome::Rejected {
+                    status: answer.status.as_u16(),
+                    reason: reason_of(answer.status, &answer.body),
+                    problem: answer.body,
+                };
+            }
+            Ok(answer) => (format!("HTTP {}", answer.status.as_u16()), answer.retry_after),
+            Err(reason) => (reason, None),
         };
-        if !retryable || attempt >= max_attempts {
+        if attempt >= max_attempts {
             return Outcome::Failed { reason: format!("{reason} (after {attempt} attempt(s))") };
         }
-        let backoff = Duration::from_millis(100u64 << attempt.min(7)).min(Duration::from_secs(10));
-        tokio::time::sleep(wait.unwrap_or(backoff).min(Duration::from_secs(60))).await;
+        tokio::time::sleep(backoff(attempt, wait)).await;
     }
+}
+
+/// A batch: one outcome per record, in order. Records answered 503 inside the batch, and
+/// whole-request 429/503/5xx/transport failures, are sent again; a `413` for the whole batch
+/// (a service with smaller limits) splits it in two.
+async fn send_batch(
+    client: &reqwest::Client,
+    endpoint: &str,
+    api_key: Option<&str>,
+    batch: &[Record],
+    max_attempts: u32,
+) -> Vec<Outcome> {
+    let mut outcomes: Vec<Option<Outcome>> = batch.iter().map(|_| None).collect();
+    // A line that is not JSON would make the whole array unreadable: it is refused here, as
+    // the service refuses it on its own.
+    for (i, record) in batch.iter().enumerate() {
+        if let Some(raw) = &record.raw {
+            let detail = serde_json::from_str::<Value>(raw).err().map(|e| e.to_string()).unwrap_or_default();
+            let problem = json!({"title": "Malformed JSON", "status": 400, "detail": detail});
+            outcomes[i] = Some(Outcome::Rejected {
+                status: 400,
+                reason: reason_of(StatusCode::BAD_REQUEST, &problem),
+                problem,
+            });
+        }
+    }
+    let mut todo: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].raw.is_none()).collect();
+    let mut attempt = 0;
+    while !todo.is_empty() {
+        attempt += 1;
+        let body = format!("[{}]", todo.iter().map(|&i| body_text(&batch[i])).collect::<Vec<_>>().join(","));
+        let (reason, wait) = match post(client, endpoint, api_key, body).await {
+            Ok(answer) if answer.status == StatusCode::OK => {
+                let results =
+                    answer.body.get("results").and_then(Value::as_array).cloned().unwrap_or_default();
+                if results.len() != todo.len() {
+                    let reason =
+                        format!("the service answered {} results for {} records", results.len(), todo.len());
+                    for &i in &todo {
+                        outcomes[i] = Some(Outcome::Failed { reason: reason.clone() });
+                    }
+                    break;
+                }
+                let mut again = Vec::new();
+                for (&i, result) in todo.iter().zip(&results) {
+                    let status = result.get("status").and_then(Value::as_u64).unwrap_or(0) as u16;
+                    match status {
+                        202 => {
+                            let id = result.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+                            outcomes[i] = Some(Outcome::Accepted { id });
+                        }
+                        400..=499 => {
+                            let problem = json!({"title": "Invalid user record", "status": status, "errors": result.get("errors")});
+                            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                            outcomes[i] = Some(Outcome::Rejected {
+                                status: status.as_u16(),
+                                reason: reason_of(status, &problem),
+                                problem,
+                            });
+                        }
+                        _ => again.push(i),
+                    }
+                }
+                todo = again;
+                if todo.is_empty() {
+                    break;
+                }
+                (format!("HTTP 503 for {} record(s) of the batch", todo.len()), None)
+            }
+            Ok(answer) if answer.status == StatusCode::PAYLOAD_TOO_LARGE && todo.len() > 1 => {
+                // Smaller limits than ours: halve and send each half on its own.
+                let (left, right) = todo.split_at(todo.len() / 2);
+                for half in [left, right] {
+                    let records: Vec<Record> = half.iter().map(|&i| batch[i].clone()).collect();
+                    let results =
+                        Box::pin(send_batch(client, endpoint, api_key, &records, max_attempts)).await;
+                    for (&i, outcome) in half.iter().zip(results) {
+                        outcomes[i] = Some(outcome);
+                    }
+                }
+                break;
+            }
+            Ok(answer) if answer.status == StatusCode::BAD_REQUEST && answer.body.get("errors").is_some() => {
+                // No record of the batch is valid: the errors name them `[index].field`.
+                for (position, &i) in todo.iter().enumerate() {
+                    let prefix = format!("[{position}]");
+                    let errors: Vec<Value> = answer.body["errors"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|e| {
+                            e["field"]
+                                .as_str()
+                                .is_some_and(|f| f == prefix || f.starts_with(&format!("{prefix}.")))
+                        })
+                        .map(|e| {
+                            let field = e["field"].as_str().unwrap_or("");
+                            let field = field.strip_prefix(&prefix).unwrap_or(field).trim_start_matches('.');
+                            json!({"field": field, "message": e["message"]})
+                        })
+                        .collect();
+                    let problem = json!({"title": "Invalid user record", "status": 400, "errors": errors});
+                    outcomes[i] = Some(Outcome::Rejected {
+                        status: 400,
+                        reason: reason_of(StatusCode::BAD_REQUEST, &problem),
+                        problem,
+                    });
+                }
+                break;
+            }
+            Ok(answer)
+                if answer.status.is_client_error() && answer.status != StatusCode::TOO_MANY_REQUESTS =>
+            {
+                let reason = reason_of(answer.status, &answer.body);
+                for &i in &todo {
+                    outcomes[i] = Some(Outcome::Rejected {
+                        status: answer.status.as_u16(),
+                        reason: reason.clone(),
+                        problem: answer.body.clone(),
+                    });
+                }
+                break;
+            }
+            Ok(answer) => (format!("HTTP {}", answer.status.as_u16()), answer.retry_after),
+            Err(reason) => (reason, None),
+        };
+        if attempt >= max_attempts {
+            for &i in &todo {
+                outcomes[i] =
+                    Some(Outcome::Failed { reason: format!("{reason} (after {attempt} attempt(s))") });
+            }
+            break;
+        }
+        tokio::time::sleep(backoff(attempt, wait)).await;
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Failed { reason: "no answer for this record".into() }))
+        .collect()
 }
 
 /// A stable grouping key: status, problem title and the fields named.
@@ -349,5 +762,49 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_become_typed_fields_and_empty_cells_are_left_out() {
+        let text = "id,name,email,age,country,attributes\n\
+                    u1,\"Doe, Jane\",jane@example.com,42,DE,\"{\"\"plan\"\":\"\"pro\"\"}\"\n\
+                    ,Li Wei,li@example.com,,,\n";
+        let records = read_csv(text).unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            records[0].body,
+            json!({"id": "u1", "name": "Doe, Jane", "email": "jane@example.com", "age": 42, "country": "DE", "attributes": {"plan": "pro"}})
+        );
+        assert_eq!(records[0].position, 2);
+        assert_eq!(records[1].body, json!({"name": "Li Wei", "email": "li@example.com"}));
+    }
+
+    #[test]
+    fn id_less_records_get_the_same_id_on_every_read_of_the_same_file() {
+        let file =
+            b"{\"name\": \"A\", \"email\": \"a@example.com\", \"ingestedAt\": \"2026-01-01T00:00:00Z\"}\n";
+        let id = uuid::Uuid::new_v5(&IMPORT_NAMESPACE, file);
+        let first = read_records(file, Format::Ndjson, &id).unwrap();
+        let again = read_records(file, Format::Ndjson, &id).unwrap();
+        assert_eq!(first[0].body["id"], again[0].body["id"]);
+        assert!(first[0].body.get("ingestedAt").is_none(), "the service sets ingestedAt");
+        let other = uuid::Uuid::new_v5(&IMPORT_NAMESPACE, b"another file");
+        assert_ne!(read_records(file, Format::Ndjson, &other).unwrap()[0].body["id"], first[0].body["id"]);
+    }
+
+    #[test]
+    fn batches_respect_both_the_record_count_and_the_byte_limit() {
+        let records: Vec<Record> = (0..10)
+            .map(|i| Record { position: i, body: json!({"pad": "x".repeat(100)}), raw: None, line: None })
+            .collect();
+        let sizes: Vec<usize> = cut(records.clone(), 4, usize::MAX).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [4, 4, 2]);
+        let sizes: Vec<usize> = cut(records, 500, 350).iter().map(Vec::len).collect();
+        assert_eq!(sizes, [3, 3, 3, 1]);
     }
 }

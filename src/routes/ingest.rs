@@ -1,5 +1,6 @@
 //! `POST /api/users` — the `ingest-post` function: check a record, publish it, answer 202
-//! only once the message is durable.
+//! only once the message is durable. A JSON array of records is a batch, answered with one
+//! result per record.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -11,7 +12,7 @@ use serde_json::{json, Value};
 use super::problem::ApiError;
 use super::{AppState, LogIds};
 use crate::broker::{OutgoingMessage, PublishError};
-use crate::domain::NewUser;
+use crate::domain::{FieldError, NewUser, UserDocument};
 use crate::telemetry::metrics;
 
 pub async fn create_user(
@@ -20,10 +21,12 @@ pub async fn create_user(
     body: Body,
 ) -> Result<Response, ApiError> {
     let result = accept(&state, &headers, body).await;
-    let registry = metrics::registry();
-    match &result {
-        Ok(_) => registry.add(&metrics::RECORDS_ACCEPTED, &[], 1),
-        Err(e) => registry.add(&metrics::RECORDS_REJECTED, &[rejection_reason(e)], 1),
+    if let Err(e) = &result {
+        // A refused request counts as one refused record; a refused batch's records were
+        // counted one by one where they were checked.
+        if !matches!(e, ApiError::InvalidBatch(_)) {
+            metrics::registry().add(&metrics::RECORDS_REJECTED, &[rejection_reason(e)], 1);
+        }
     }
     result
 }
@@ -31,9 +34,10 @@ pub async fn create_user(
 /// The `reason` label of a refused record.
 fn rejection_reason(error: &ApiError) -> &'static str {
     match error {
-        ApiError::InvalidJson(_) | ApiError::BodyRead(_) => "invalid_json",
+        ApiError::InvalidBatch(_) => "invalid_record",
+        ApiError::InvalidJson(_) | ApiError::BodyRead(_) | ApiError::BodyTimeout { .. } => "invalid_json",
         ApiError::InvalidRecord(_) => "invalid_record",
-        ApiError::TooLarge { .. } => "too_large",
+        ApiError::TooLarge { .. } | ApiError::TooManyRecords { .. } => "too_large",
         ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
         ApiError::Overloaded { .. } => "overloaded",
         _ => "unavailable",
@@ -42,33 +46,24 @@ fn rejection_reason(error: &ApiError) -> &'static str {
 
 async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     require_json(headers)?;
-    let bytes = read_limited(headers, body, state.max_record_bytes).await?;
-    let value = parse_json(&bytes)?;
+    // A body sent too slowly (slow-loris) holds a connection and a permit: cut it off.
+    let read = read_limited(headers, body, state.max_record_bytes, state.max_batch_bytes);
+    let bytes = tokio::time::timeout(state.body_timeout, read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout { after: state.body_timeout })??;
+    match parse_json(&bytes)? {
+        Value::Array(records) => accept_batch(state, headers, records).await,
+        record => accept_one(state, headers, record).await,
+    }
+}
+
+async fn accept_one(state: &AppState, headers: &HeaderMap, value: Value) -> Result<Response, ApiError> {
     let user = NewUser::parse(value).map_err(ApiError::InvalidRecord)?;
     let doc = user.into_document(state.clock.now());
-
-    let message = OutgoingMessage {
-        message_id: uuid::Uuid::new_v4().to_string(),
-        // Correlates the message with the request that made it: the caller's W3C trace id, or a new one.
-        correlation_id: Some(trace_id(headers).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())),
-        body: doc.to_json(),
-    };
+    let message = message_for(&doc, headers);
     let message_id = message.message_id.clone();
-    let started = std::time::Instant::now();
-    let published = state.publisher.publish(vec![message]).await;
-    metrics::registry().observe(&metrics::PUBLISH_DURATION, &[], started.elapsed().as_secs_f64());
-    published.map_err(|e| {
-        let reason = match e {
-            PublishError::Unavailable { .. } => "unavailable",
-            PublishError::Overloaded { .. } => "overloaded",
-        };
-        metrics::registry().add(&metrics::PUBLISH_FAILURES, &[reason], 1);
-        tracing::warn!(error = %e, %message_id, "publish failed; answering 503");
-        match e {
-            PublishError::Overloaded { retry_after } => ApiError::Overloaded { retry_after },
-            e => ApiError::Unavailable { what: "topic", retry_after: e.retry_after() },
-        }
-    })?;
+    publish(state, vec![message]).await.1.map_or(Ok(()), Err)?;
+    metrics::registry().add(&metrics::RECORDS_ACCEPTED, &[], 1);
     let location = format!("/api/users/{}", doc.id);
     let mut response =
         (StatusCode::ACCEPTED, axum::Json(json!({"id": doc.id, "status": "accepted"}))).into_response();
@@ -82,6 +77,128 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
         trace_id: None,
     });
     Ok(response)
+}
+
+/// A JSON array of records: each is checked on its own; the valid ones are published
+/// together (one queue transaction locally, Service Bus batch sends in Azure) and the answer,
+/// given once they are durable, reports every record in order: `202` with its id, `400`
+/// with its field errors, or `503` when the topic failed before it was durable (only those
+/// records need to be sent again). The whole request gets `400` when no record is valid
+/// (naming each bad field as `[index].field`), `503` when no record was made durable, and
+/// `413` when it has too many records.
+async fn accept_batch(
+    state: &AppState,
+    headers: &HeaderMap,
+    records: Vec<Value>,
+) -> Result<Response, ApiError> {
+    if records.is_empty() {
+        return Err(ApiError::InvalidJson("the batch is an empty array; send at least one record".into()));
+    }
+    if records.len() > state.max_batch_records {
+        return Err(ApiError::TooManyRecords { limit: state.max_batch_records, got: records.len() });
+    }
+    let now = state.clock.now();
+    let mut results: Vec<Value> = Vec::with_capacity(records.len());
+    let mut valid = Vec::new();
+    let mut invalid = Vec::new();
+    let mut messages = Vec::new();
+    for (index, record) in records.into_iter().enumerate() {
+        // The single-record limit applies to each record of a batch too.
+        let size = serde_json::to_vec(&record).map_or(usize::MAX, |v| v.len());
+        let parsed = if size > state.max_record_bytes {
+            Err(vec![FieldError::new(
+                "",
+                format!("the record is larger than the limit of {} bytes", state.max_record_bytes),
+            )])
+        } else {
+            NewUser::parse(record)
+        };
+        match parsed {
+            Ok(user) => {
+                let doc = user.into_document(now);
+                messages.push(message_for(&doc, headers));
+                valid.push(index);
+                results.push(json!({"index": index, "status": 202, "id": doc.id}));
+            }
+            Err(errors) => {
+                results.push(json!({"index": index, "status": 400, "errors": errors}));
+                invalid.push((index, errors));
+            }
+        }
+    }
+    let rejected = results.len() - valid.len();
+    metrics::registry().add(&metrics::RECORDS_REJECTED, &["invalid_record"], rejected as u64);
+    if valid.is_empty() {
+        // Nothing to publish: the whole request is the client's error, each field named by
+        // its record's index.
+        let errors = invalid
+            .into_iter()
+            .flat_map(|(index, errors)| {
+                errors.into_iter().map(move |e| {
+                    let field = if e.field.is_empty() {
+                        format!("[{index}]")
+                    } else {
+                        format!("[{index}].{}", e.field)
+                    };
+                    FieldError::new(field, e.message)
+                })
+            })
+            .collect();
+        return Err(ApiError::InvalidBatch(errors));
+    }
+    let (durable, failure) = publish(state, messages).await;
+    let registry = metrics::registry();
+    registry.add(&metrics::RECORDS_ACCEPTED, &[], durable as u64);
+    if let Some(error) = failure {
+        if durable == 0 {
+            return Err(error);
+        }
+        registry.add(&metrics::RECORDS_REJECTED, &[rejection_reason(&error)], (valid.len() - durable) as u64);
+        for &index in &valid[durable..] {
+            let id = results[index]["id"].take();
+            results[index] = json!({
+                "index": index, "status": 503, "id": id,
+                "error": "the topic failed before this record was durable: it was not accepted; send it again",
+            });
+        }
+    }
+    let body = json!({
+        "accepted": durable,
+        "rejected": results.len() - durable,
+        "results": results,
+    });
+    Ok((StatusCode::OK, axum::Json(body)).into_response())
+}
+
+fn message_for(doc: &UserDocument, headers: &HeaderMap) -> OutgoingMessage {
+    OutgoingMessage {
+        message_id: uuid::Uuid::new_v4().to_string(),
+        // Correlates the message with the request that made it: the caller's W3C trace id, or a new one.
+        correlation_id: Some(trace_id(headers).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())),
+        body: doc.to_json(),
+    }
+}
+
+/// Publishes in order; returns how many leading messages are durable and, when not all
+/// are, the API error for the rest.
+async fn publish(state: &AppState, messages: Vec<OutgoingMessage>) -> (usize, Option<ApiError>) {
+    let count = messages.len();
+    let first_id = messages.first().map(|m| m.message_id.clone()).unwrap_or_default();
+    let started = std::time::Instant::now();
+    let (durable, error) = state.publisher.publish_batch(messages).await;
+    metrics::registry().observe(&metrics::PUBLISH_DURATION, &[], started.elapsed().as_secs_f64());
+    let Some(e) = error else { return (durable, None) };
+    let reason = match e {
+        PublishError::Unavailable { .. } => "unavailable",
+        PublishError::Overloaded { .. } => "overloaded",
+    };
+    metrics::registry().add(&metrics::PUBLISH_FAILURES, &[reason], 1);
+    tracing::warn!(error = %e, message_id = %first_id, count, durable, "publish failed; answering 503");
+    let error = match e {
+        PublishError::Overloaded { retry_after } => ApiError::Overloaded { retry_after },
+        e => ApiError::Unavailable { what: "topic", retry_after: e.retry_after() },
+    };
+    (durable, Some(error))
 }
 
 /// `application/json`, compared case-insensitively, parameters (charset) allowed.
@@ -102,27 +219,46 @@ fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
 /// sending, gets the 413 instead of a connection reset. Beyond this the connection is cut.
 const DRAIN_CAP: u64 = 1024 * 1024;
 
-/// Reads at most `limit` bytes into memory: a body over the limit is refused without being
-/// buffered (its excess is discarded as it arrives, up to [`DRAIN_CAP`]).
-async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads a body into memory up to its limit: `record_limit` for one record, `batch_limit`
+/// once the first non-blank byte shows a JSON array. A body over its limit is refused
+/// without being buffered (its excess is discarded as it arrives, up to [`DRAIN_CAP`] past
+/// the larger limit).
+async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    record_limit: usize,
+    batch_limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let mut body = body;
-    if declared.is_some_and(|n| n > limit as u64) {
-        if declared.is_some_and(|n| n <= DRAIN_CAP) {
-            drain(&mut body, DRAIN_CAP).await;
+    let ceiling = record_limit.max(batch_limit);
+    if declared.is_some_and(|n| n > ceiling as u64) {
+        if declared.is_some_and(|n| n <= ceiling as u64 + DRAIN_CAP) {
+            drain(&mut body, ceiling as u64 + DRAIN_CAP).await;
         }
-        return Err(ApiError::TooLarge { limit });
+        return Err(ApiError::TooLarge { limit: ceiling });
     }
-    let mut buffer = bytes::BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
+    let mut buffer = bytes::BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize).min(ceiling));
+    let mut limit = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ApiError::BodyRead(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
-            if buffer.len() + data.len() > limit {
-                drain(&mut body, DRAIN_CAP).await;
+            buffer.extend_from_slice(&data);
+            if limit.is_none() {
+                limit = buffer.iter().find(|b| !b.is_ascii_whitespace()).map(|&b| {
+                    if b == b'[' {
+                        batch_limit
+                    } else {
+                        record_limit
+                    }
+                });
+            }
+            let limit = limit.unwrap_or(record_limit);
+            if buffer.len() > limit {
+                drain(&mut body, ceiling as u64 + DRAIN_CAP).await;
                 return Err(ApiError::TooLarge { limit });
             }
-            buffer.extend_from_slice(&data);
         }
     }
     Ok(buffer.freeze())

@@ -7,6 +7,7 @@ mod consume;
 mod health;
 mod ingest;
 mod metrics;
+mod openapi;
 pub mod problem;
 mod status;
 mod users;
@@ -41,6 +42,11 @@ pub struct AppState {
     pub consumer: Consumer,
     pub clock: Arc<dyn Clock>,
     pub max_record_bytes: usize,
+    pub max_batch_bytes: usize,
+    pub max_batch_records: usize,
+    pub body_timeout: std::time::Duration,
+    /// Permits for requests in flight: when none is left, a request gets 503 at once.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub backend: &'static str,
 }
 
@@ -52,11 +58,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/status", get(status::page))
         .route("/status.json", get(status::snapshot))
+        .route("/api/openapi.json", get(openapi::spec))
         .route("/api/users", post(ingest::create_user))
         .route("/api/users/{user_id}", get(users::get_user))
         .route(CONSUME_PATH, post(consume::consume).layer(DefaultBodyLimit::max(MAX_INVOCATION_BYTES)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limit_in_flight))
         .layer(axum::middleware::from_fn(access_log))
         .with_state(state)
 }
@@ -92,6 +100,32 @@ async fn access_log(request: Request, next: Next) -> axum::response::Response {
         message_id: ids.and_then(|i| i.message_id.as_deref()),
     });
     response
+}
+
+/// Past `MAX_IN_FLIGHT` requests being handled, a request is refused with 503 and
+/// Retry-After before any work is done: a bounded queue of work, and a clear signal to
+/// back off, instead of latency that grows until everything times out. The host's
+/// readiness probe and the health check are never refused.
+async fn limit_in_flight(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> axum::response::Response {
+    let path = request.uri().path();
+    if path == "/" || path == "/api/health" {
+        return next.run(request).await;
+    }
+    match state.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let response = next.run(request).await;
+            drop(permit);
+            response
+        }
+        Err(_) => {
+            use axum::response::IntoResponse;
+            ApiError::Overloaded { retry_after: std::time::Duration::from_secs(1) }.into_response()
+        }
+    }
 }
 
 /// The host's readiness probe: any answer counts, so answer at once.

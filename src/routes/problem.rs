@@ -16,10 +16,17 @@ pub enum ApiError {
     InvalidJson(String),
     #[error("the user record is invalid")]
     InvalidRecord(Vec<FieldError>),
+    /// A batch in which no record is valid: the fields are `[index].field`.
+    #[error("no record of the batch is valid")]
+    InvalidBatch(Vec<FieldError>),
     #[error("the user id is invalid: {0}")]
     InvalidUserId(&'static str),
     #[error("the request body is larger than {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("the batch has {got} records, more than {limit}")]
+    TooManyRecords { limit: usize, got: usize },
+    #[error("the request body took too long to arrive")]
+    BodyTimeout { after: Duration },
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
     #[error("unsupported content type")]
@@ -48,6 +55,8 @@ struct Problem<'a> {
     errors: Option<&'a [FieldError]>,
     #[serde(rename = "maxBytes", skip_serializing_if = "Option::is_none")]
     max_bytes: Option<usize>,
+    #[serde(rename = "maxRecords", skip_serializing_if = "Option::is_none")]
+    max_records: Option<usize>,
 }
 
 impl ApiError {
@@ -55,10 +64,12 @@ impl ApiError {
         match self {
             Self::InvalidJson(_)
             | Self::InvalidRecord(_)
+            | Self::InvalidBatch(_)
             | Self::InvalidUserId(_)
             | Self::InvalidInvocation(_) => StatusCode::BAD_REQUEST,
             Self::BodyRead(_) => StatusCode::BAD_REQUEST,
-            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::TooLarge { .. } | Self::TooManyRecords { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -81,6 +92,11 @@ impl IntoResponse for ApiError {
                 "Invalid user record",
                 format!("{} field(s) are invalid: {}.", errors.len(), field_list(errors)),
             ),
+            Self::InvalidBatch(errors) => (
+                "/problems/invalid-record",
+                "Invalid records",
+                format!("No record of the batch is valid: {}.", field_list(errors)),
+            ),
             Self::InvalidUserId(why) => {
                 ("/problems/invalid-user-id", "Invalid user id", format!("The user id {why}."))
             }
@@ -88,6 +104,19 @@ impl IntoResponse for ApiError {
                 "/problems/too-large",
                 "Record too large",
                 format!("The request body is larger than the limit of {limit} bytes."),
+            ),
+            Self::TooManyRecords { limit, got } => (
+                "/problems/too-many-records",
+                "Batch too large",
+                format!("The batch has {got} records; at most {limit} are accepted in one request."),
+            ),
+            Self::BodyTimeout { after } => (
+                "/problems/body-timeout",
+                "Request body too slow",
+                format!(
+                    "The request body did not arrive within {} ms; nothing was accepted.",
+                    after.as_millis()
+                ),
             ),
             Self::BodyRead(why) => (
                 "/problems/body-read",
@@ -131,16 +160,27 @@ impl IntoResponse for ApiError {
             ),
         };
         let errors = match &self {
-            Self::InvalidRecord(errors) => Some(errors.as_slice()),
+            Self::InvalidRecord(errors) | Self::InvalidBatch(errors) => Some(errors.as_slice()),
             _ => None,
         };
         let max_bytes = match &self {
             Self::TooLarge { limit } => Some(*limit),
             _ => None,
         };
-        let body =
-            serde_json::to_vec(&Problem { kind, title, status: status.as_u16(), detail, errors, max_bytes })
-                .expect("a problem always serializes");
+        let max_records = match &self {
+            Self::TooManyRecords { limit, .. } => Some(*limit),
+            _ => None,
+        };
+        let body = serde_json::to_vec(&Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail,
+            errors,
+            max_bytes,
+            max_records,
+        })
+        .expect("a problem always serializes");
         let mut response =
             (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))], body).into_response();
         if let Self::Unavailable { retry_after, .. } | Self::Overloaded { retry_after } = &self {

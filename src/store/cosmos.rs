@@ -9,7 +9,11 @@
 //! count and wait (its defaults allow 270 s, far too long to hold an HTTP request); past that,
 //! and on 503s and timeouts, the caller gets `StoreError::Unavailable` with the server's
 //! retry-after, and the message is retried later by the host or the worker.
+//!
+//! `export` is the one query: `SELECT * FROM c` across partitions, read through the driver's
+//! pager (continuation tokens), one page in memory at a time.
 
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,17 +23,19 @@ use azure_data_cosmos::clients::ContainerClient;
 use azure_data_cosmos::models::ContainerProperties;
 use azure_data_cosmos::options::{
     BinaryEncodingOptions, ConnectionPoolOptions, EndToEndOperationLatencyPolicy, ItemWriteOptions,
-    OperationOptions, Precondition, ServerCertificateValidation, ThrottlingRetryOptionsBuilder,
+    MaxItemCountHint, OperationOptions, Precondition, QueryOptions, ServerCertificateValidation,
+    ThrottlingRetryOptionsBuilder,
 };
 use azure_data_cosmos::{
     AccountEndpoint, AccountReference, CosmosClient, CosmosClientBuilder, CosmosError, CosmosRuntime,
-    RoutingStrategy,
+    FeedScope, RoutingStrategy,
 };
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{StoreError, StoredUser, UpsertOutcome, UserStore, WriteVersion};
+use super::{ExportPages, StoreError, StoredUser, UpsertOutcome, UserStore, WriteVersion};
 use crate::broker::{BackendHealth, DeadLetter, DeadLetterStore, PublishError};
 use crate::config::CosmosConfig;
 use crate::domain::{UserDocument, UserId};
@@ -269,6 +275,28 @@ impl UserStore for CosmosUserStore {
         let etag = response.headers().etag().map(|e| e.to_string()).unwrap_or_default();
         let raw: Map<String, Value> = response.into_model().map_err(unavailable)?;
         Ok(Some(StoredUser { json: user_json(raw), etag: etag.trim_matches('"').to_owned() }))
+    }
+
+    fn export(&self, page_size: NonZeroU32) -> ExportPages<'_> {
+        let options = QueryOptions::default().with_max_item_count(MaxItemCountHint::Limit(page_size));
+        let pages = async move {
+            let items = self
+                .container
+                .query_items::<Map<String, Value>>(
+                    "SELECT * FROM c",
+                    FeedScope::full_container(),
+                    Some(options),
+                )
+                .await
+                .map_err(unavailable)?;
+            // Each page is one request; the pager carries the continuation token to the next.
+            Ok::<_, StoreError>(items.into_pages().map(move |page| {
+                let page = page.map_err(unavailable)?;
+                self.record("export", page.headers().request_charge().map(|c| c.value()));
+                Ok(page.into_items().into_iter().map(user_json).collect())
+            }))
+        };
+        futures::stream::once(pages).try_flatten().boxed()
     }
 
     async fn health(&self) -> BackendHealth {

@@ -1,14 +1,18 @@
 //! `SqliteUserStore`: the embedded document store, a table of JSON documents keyed by id in
 //! its own SQLite file (WAL), so that a lock on the store never stops the topic accepting.
+//! The operator's `get` and `export` open the same file read-only while the service runs:
+//! WAL readers never block the writer, nor it them.
 
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension};
+use futures::StreamExt;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{StoreError, StoredUser, UpsertOutcome, UserStore, WriteVersion};
+use super::{ExportPages, StoreError, StoredUser, UpsertOutcome, UserStore, WriteVersion};
 use crate::broker::BackendHealth;
 use crate::domain::{UserDocument, UserId};
 
@@ -58,6 +62,45 @@ impl SqliteUserStore {
         let recent =
             Arc::new(quick_cache::sync::Cache::with_weighter(32 * 1024, CACHE_BYTES, DocumentWeight));
         Ok(Self { writer: Arc::new(Mutex::new(writer)), readers, recent })
+    }
+
+    /// Opens an existing store for reading only, as the operator's commands do while the
+    /// service may be running: it never creates the file or the table, never changes the
+    /// journal mode, and every write through it fails.
+    pub fn open_read_only(path: &Path) -> anyhow::Result<Self> {
+        if !path.is_file() {
+            anyhow::bail!("no such file (is DATA_DIR or --data-dir right?)");
+        }
+        let open = || -> anyhow::Result<Connection> {
+            let conn = Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            Ok(conn)
+        };
+        let writer = open()?;
+        // Proves at once that the file is a store, not whatever else lives at that path.
+        writer
+            .prepare("SELECT id, doc, etag FROM users LIMIT 0")
+            .map_err(|e| anyhow::anyhow!("not a user store: {e}"))?;
+        let readers = (0..READERS).map(|_| open().map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
+        // Filled only by writes, which a read-only store never makes: kept tiny.
+        let recent = Arc::new(quick_cache::sync::Cache::with_weighter(16, 1024, DocumentWeight));
+        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers, recent })
+    }
+
+    /// One page of the export: the documents with ids after `after`, in id order.
+    async fn export_page(&self, after: String, limit: u32) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(move |conn| {
+            // Keyset pagination: each page is one range scan of the primary key, however deep
+            // the export is. Every id is at least one character, so `""` starts before all.
+            let mut page =
+                conn.prepare_cached("SELECT id, doc FROM users WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+            let rows = page.query_map(params![after, limit], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            rows.collect()
+        })
+        .await
     }
 
     /// How many users are stored.
@@ -150,6 +193,25 @@ impl UserStore for SqliteUserStore {
                 .optional()
         })
         .await
+    }
+
+    fn export(&self, page_size: NonZeroU32) -> ExportPages<'_> {
+        // The cursor is the last id of the page before; `None` once a short page ended it.
+        let pages = futures::stream::try_unfold(Some(String::new()), move |cursor| async move {
+            let Some(after) = cursor else { return Ok(None) };
+            let rows = self.export_page(after, page_size.get()).await?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            let full = rows.len() == page_size.get() as usize;
+            let next = full.then(|| rows.last().map(|(id, _)| id.clone())).flatten();
+            Ok(Some((rows.into_iter().map(|(_, doc)| doc).collect(), next)))
+        });
+        pages.boxed()
+    }
+
+    async fn export_total(&self) -> Result<Option<u64>, StoreError> {
+        self.count().await.map(Some)
     }
 
     async fn health(&self) -> BackendHealth {

@@ -1,4 +1,5 @@
-//! The document store behind the topic: upsert on consume, point read on GET.
+//! The document store behind the topic: upsert on consume, point read on GET, and a paged
+//! read of every user for the operator's `export`.
 
 mod cosmos;
 mod embedded;
@@ -6,9 +7,11 @@ mod embedded;
 pub use cosmos::{CosmosDeadLetters, CosmosStores, CosmosUserStore};
 pub use embedded::SqliteUserStore;
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 
 use crate::broker::BackendHealth;
 use crate::domain::{UserDocument, UserId};
@@ -43,6 +46,14 @@ pub enum StoreError {
     Unavailable { reason: String, retry_after: Duration },
 }
 
+/// Every stored user, one page at a time: each item is a page of documents exactly as GET
+/// serves them (compact JSON, no store bookkeeping).
+pub type ExportPages<'a> = BoxStream<'a, Result<Vec<String>, StoreError>>;
+
+/// The page size of an export unless told otherwise: big enough that round trips do not
+/// dominate, small enough that one page (~1 MB of typical users) is all the memory it holds.
+pub const EXPORT_PAGE_SIZE: NonZeroU32 = NonZeroU32::new(1000).unwrap();
+
 impl StoreError {
     pub fn retry_after(&self) -> Duration {
         match self {
@@ -70,4 +81,14 @@ pub trait UserStore: Send + Sync {
     /// A point read by id.
     async fn get(&self, id: &UserId) -> Result<Option<StoredUser>, StoreError>;
     async fn health(&self) -> BackendHealth;
+    /// Every stored user, at most `page_size` per page, fetched one page at a time as the
+    /// stream is polled, so memory stays bounded by a page whatever the store holds. Not a
+    /// point-in-time snapshot: the store keeps taking writes meanwhile. Each user appears at
+    /// most once, in the version its page read; a user stored for the whole export appears.
+    fn export(&self, page_size: NonZeroU32) -> ExportPages<'_>;
+    /// How many users an export will yield, when the store can tell cheaply (for a progress
+    /// bar); `None` when counting would cost a scan the export is about to do anyway.
+    async fn export_total(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
 }

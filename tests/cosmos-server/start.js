@@ -15,7 +15,7 @@
 // with stdin on /dev/null).
 //
 // The server is patched in-process (no proxy hop, so the request log sees exactly what the
-// client sent) to work around three bugs of the package:
+// client sent) to work around four bugs of the package:
 //   1. partition-key ranges were stored with the number 0 as "id" (and "ridPrefix"); the Rust
 //      driver deserializes the id as a string -> the range ids are stored as strings;
 //   2. GET of a missing document threw a TypeError (-> 500) unless the request carried
@@ -23,6 +23,9 @@
 //      {"code":"NotFound"};
 //   3. the account metadata (GET /) advertises https:// locations even over plain HTTP ->
 //      they are rewritten to the real http://127.0.0.1:PORT/.
+//   4. a query scoped to a partition key range (x-ms-documentdb-partitionkeyrangeid, how the
+//      Rust driver runs cross-partition queries) was refused as "missing partition keys" ->
+//      the range header counts as x-ms-documentdb-query-enablecrosspartition.
 // Each patch asserts the shape of the code it replaces, so a different package version fails
 // loudly at start instead of misbehaving.
 //
@@ -193,6 +196,20 @@ readMetaModule.default = function readMetaHttp(account, req, res, params) {
     writableLocations: fixLocations(meta.writableLocations),
     readableLocations: fixLocations(meta.readableLocations),
   };
+};
+
+// Bug 4: a query scoped to a partition key range (x-ms-documentdb-partitionkeyrangeid: how the
+// Rust driver runs a cross-partition query, one range at a time, without the cross-partition
+// header) was refused with 400 "missing partition keys" -> the range header counts as that
+// header. The server keeps one range, so every document is in the range asked for.
+const queryDocumentsModule = lib("handler/query-documents");
+const originalQueryDocuments = queryDocumentsModule.default;
+if (typeof originalQueryDocuments !== "function") fail("unexpected shape of handler/query-documents");
+queryDocumentsModule.default = function queryDocumentsInRange(account, req, res, params) {
+  if (req.headers["x-ms-documentdb-partitionkeyrangeid"] !== undefined) {
+    req.headers["x-ms-documentdb-query-enablecrosspartition"] = "true";
+  }
+  return originalQueryDocuments(account, req, res, params);
 };
 
 // Only now load the server (lib/routes captures the handlers when it is first required).

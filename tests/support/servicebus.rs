@@ -51,6 +51,11 @@ pub enum Mode {
         status: u16,
         retry_after: Option<u64>,
     },
+    /// Accept the next `n` sends, then answer `status` to every one after.
+    AcceptThenFail {
+        n: usize,
+        status: u16,
+    },
     /// Never answer.
     Hang,
 }
@@ -61,6 +66,7 @@ struct Shared {
     mode: Option<Mode>,
     captured: Vec<Captured>,
     attempts: usize,
+    batches: usize,
     rejections: Vec<String>,
 }
 
@@ -104,6 +110,11 @@ impl FakeServiceBus {
     /// Sends seen, accepted or not.
     pub fn attempts(&self) -> usize {
         self.shared.lock().unwrap().attempts
+    }
+
+    /// Batch sends accepted.
+    pub fn batches(&self) -> usize {
+        self.shared.lock().unwrap().batches
     }
 
     /// Why requests were refused as Service Bus would refuse them (bad signature, etc.).
@@ -168,9 +179,19 @@ async fn send(
                 return response;
             }
         }
+        Mode::AcceptThenFail { n, status } => {
+            if n == 0 {
+                return StatusCode::from_u16(status).unwrap().into_response();
+            }
+            shared.lock().unwrap().mode = Some(Mode::AcceptThenFail { n: n - 1, status });
+        }
         Mode::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
+    }
+    let content_type = headers.get("content-type").map(|v| v.to_str().unwrap_or("").to_owned());
+    if content_type.as_deref() == Some(BATCH_CONTENT_TYPE) {
+        return capture_batch(&shared, &body);
     }
     let broker_properties: Value =
         match headers.get("brokerproperties").map(|v| serde_json::from_slice(v.as_bytes())) {
@@ -204,6 +225,45 @@ async fn send(
         sequence_number,
         enqueued_time_utc,
     });
+    StatusCode::CREATED.into_response()
+}
+
+/// The media type of a REST batch send: a JSON array of `{Body, BrokerProperties, UserProperties}`.
+pub const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.servicebus.json";
+/// What one send may carry on the Standard tier.
+pub const MAX_SEND_BYTES: usize = 256 * 1024;
+
+/// A batch is taken all or nothing, as Service Bus does; each message keeps its own properties.
+fn capture_batch(shared: &Mutex<Shared>, body: &[u8]) -> Response {
+    if body.len() > MAX_SEND_BYTES {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "the batch is over 256 KB").into_response();
+    }
+    let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(body) else {
+        return (StatusCode::BAD_REQUEST, "a batch must be a JSON array").into_response();
+    };
+    if items.iter().any(|i| !i["Body"].is_string() || !i["BrokerProperties"]["MessageId"].is_string()) {
+        return (StatusCode::BAD_REQUEST, "every batch item needs a string Body and a MessageId")
+            .into_response();
+    }
+    let mut s = shared.lock().unwrap();
+    s.batches += 1;
+    for item in items {
+        let sequence_number = s.captured.len() as i64 + 1;
+        let enqueued_time_utc =
+            time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+        let custom_properties = item["UserProperties"]
+            .as_object()
+            .map(|o| o.iter().map(|(k, v)| (k.to_lowercase(), v.as_str().unwrap_or("").to_owned())).collect())
+            .unwrap_or_default();
+        s.captured.push(Captured {
+            body: item["Body"].as_str().unwrap().to_owned(),
+            content_type: item["BrokerProperties"]["ContentType"].as_str().map(str::to_owned),
+            broker_properties: item["BrokerProperties"].clone(),
+            custom_properties,
+            sequence_number,
+            enqueued_time_utc,
+        });
+    }
     StatusCode::CREATED.into_response()
 }
 
