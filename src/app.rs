@@ -63,7 +63,10 @@ pub fn open_embedded(config: &Config) -> anyhow::Result<Embedded> {
         max_batch_bytes: config.max_batch_bytes,
         max_batch_records: config.max_batch_records,
         body_timeout: config.body_timeout,
+        consume_retry_budget: config.consume_retry_budget,
+        max_delivery_count: config.max_delivery_count,
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+        api_key: config.api_key.clone(),
         backend: "embedded",
     };
     Ok(Embedded { state, queue })
@@ -98,7 +101,10 @@ pub async fn build(config: &Config, stop: &CancellationToken) -> anyhow::Result<
                 max_batch_bytes: config.max_batch_bytes,
                 max_batch_records: config.max_batch_records,
                 body_timeout: config.body_timeout,
+                consume_retry_budget: config.consume_retry_budget,
+                max_delivery_count: config.max_delivery_count,
                 in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+                api_key: config.api_key.clone(),
                 backend: "azure",
             };
             Ok(Backends { state, queue: None })
@@ -185,11 +191,7 @@ pub async fn serve(
     }
     let worker = match (&backends.queue, config.worker) {
         (Some(queue), true) => {
-            let worker_config = WorkerConfig {
-                max_delivery_count: config.max_delivery_count,
-                retry_base: config.retry_base,
-                retry_max: config.retry_max,
-            };
+            let worker_config = WorkerConfig { retry_base: config.retry_base, retry_max: config.retry_max };
             Some(tokio::spawn(worker::run(
                 queue.clone(),
                 backends.state.consumer.clone(),

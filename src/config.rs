@@ -30,6 +30,11 @@ pub const SETTINGS: &[Setting] = &[
         description: "Address to listen on (`--host`). The Functions host always calls 127.0.0.1.",
     },
     Setting {
+        name: "INGEST_API_KEY",
+        default: "",
+        description: "When set, every route but `GET /` and `GET /api/health` requires it, as the Functions host's function keys are sent: an `x-functions-key` header or a `code` query parameter. Required to listen on a non-loopback address.",
+    },
+    Setting {
         name: "INGEST_BACKEND",
         default: "embedded",
         description: "`embedded`: SQLite queue and store under DATA_DIR; `azure`: Service Bus and Cosmos DB.",
@@ -82,7 +87,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         name: "MAX_DELIVERY_COUNT",
         default: "10",
-        description: "Deliveries of a failing message before the worker dead-letters it.",
+        description: "azure: the subscription's max delivery count; on the last delivery `/ingest-consume` parks a message it still cannot store. (Embedded: a store outage never uses up deliveries; the worker backs off.)",
+    },
+    Setting {
+        name: "CONSUME_RETRY_BUDGET_MS",
+        default: "30000",
+        description: "azure: how long `/ingest-consume` waits out a store outage (retrying with backoff) before failing the invocation for the host to redeliver.",
     },
     Setting {
         name: "RETRY_BACKOFF_MS",
@@ -295,6 +305,8 @@ impl ServiceBusConnection {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub bind: IpAddr,
+    /// The key every request must carry, when set.
+    pub api_key: Option<Secret>,
     pub port: u16,
     pub backend: Backend,
     pub data_dir: PathBuf,
@@ -307,6 +319,7 @@ pub struct Config {
     pub body_timeout: Duration,
     pub worker: bool,
     pub max_delivery_count: u32,
+    pub consume_retry_budget: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
     pub shutdown_grace: Duration,
@@ -402,6 +415,13 @@ impl Config {
                     .with_context(|| format!("BIND_ADDRESS must be an IP address, not {raw:?}"))?
             }
         };
+        let api_key = get("INGEST_API_KEY").map(|k| Secret::new(k.trim()));
+        if !bind.is_loopback() && api_key.is_none() {
+            bail!(
+                "the service would listen on {bind}, which is not a loopback address, without an API key: \
+                 set INGEST_API_KEY (clients send it as x-functions-key), or listen on 127.0.0.1"
+            );
+        }
         let backend = match get("INGEST_BACKEND").as_deref().map(str::trim) {
             None | Some("embedded") => Backend::Embedded,
             Some("azure") => {
@@ -436,6 +456,7 @@ impl Config {
         }
         Ok(Self {
             bind,
+            api_key,
             port,
             backend,
             data_dir,
@@ -448,6 +469,7 @@ impl Config {
             body_timeout: Duration::from_millis(parse("BODY_TIMEOUT_MS", "30000")?.max(100)),
             worker,
             max_delivery_count: max_delivery_count as u32,
+            consume_retry_budget: Duration::from_millis(parse("CONSUME_RETRY_BUDGET_MS", "30000")?),
             retry_base: Duration::from_millis(parse("RETRY_BACKOFF_MS", "500")?.max(1)),
             retry_max: Duration::from_millis(parse("RETRY_BACKOFF_MAX_MS", "60000")?.max(1)),
             shutdown_grace: Duration::from_secs(parse("SHUTDOWN_GRACE_SECS", "10")?),

@@ -1,12 +1,12 @@
 //! The `data-ingestion-api` binary: `serve` (the default), `import`, and the operator's
-//! `get`, `export` and `completions`.
+//! `get`, `export`, `deadletters` and `completions`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use data_ingestion_api::cli::{completions, export, get, import, store_settings_help};
+use data_ingestion_api::cli::{completions, deadletters, export, get, import, store_settings_help};
 use data_ingestion_api::{app, config, telemetry};
 
 const LONG_ABOUT: &str = "\
@@ -22,6 +22,7 @@ Examples:
   data-ingestion-api import users.ndjson         post a file's records to the running service
   data-ingestion-api get usr-1                   print one stored user
   data-ingestion-api export -o users.ndjson      write every stored user as NDJSON
+  data-ingestion-api deadletters list            list the parked messages, with their reasons
   data-ingestion-api completions bash            print the bash completion script
 
 `data-ingestion-api COMMAND --help` describes a command, its flags and its settings.";
@@ -87,6 +88,19 @@ enum Command {
         after_long_help = format!("{}\n\n{}", export::AFTER_HELP, store_settings_help())
     )]
     Export(export::ExportArgs),
+    /// List, show, replay or purge the messages the pipeline parked (dead letters).
+    #[command(
+        long_about = "List, show, replay or purge the messages the pipeline parked, with the reason \
+            they could not be stored (dead letters): the dead_letters table of DATA_DIR/queue.db, or the Cosmos DB dead-letter container \
+            (COSMOS_DEADLETTER_CONTAINER) when INGEST_BACKEND=azure, with the configuration `serve` \
+            uses; the service may be running. `list` never prints a body (it holds personal data); \
+            `show ID` prints one whole. `replay` publishes bodies to the topic again as new \
+            messages (through Service Bus in azure mode), repaired with --edit or as they are; \
+            `purge` deletes them.",
+        after_help = deadletters::AFTER_HELP,
+        after_long_help = format!("{}\n\n{}", deadletters::AFTER_HELP, deadletters::settings())
+    )]
+    Deadletters(deadletters::DeadLettersArgs),
     /// Print the shell completion script for bash, zsh, fish, elvish or PowerShell.
     #[command(
         long_about = "Print the completion script of this command line (every command and flag) \
@@ -137,6 +151,7 @@ fn main() -> ExitCode {
         Some(Command::Import(args)) => import::main(args),
         Some(Command::Get(args)) => get::main(args),
         Some(Command::Export(args)) => export::main(args),
+        Some(Command::Deadletters(args)) => deadletters::main(args),
         Some(Command::Completions(args)) => completions::main(args, Cli::command()),
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),

@@ -3,7 +3,7 @@
 //!
 //! Semantics, as Service Bus gives them in Azure: at-least-once (a message leaves the queue
 //! only after its document is committed), retries with exponential backoff on transient
-//! failures, dead-lettering after `max_delivery_count` attempts, and immediate parking of a
+//! failures — a store outage waited out without using up deliveries — and immediate parking of a
 //! message that can never succeed.
 
 use std::sync::Arc;
@@ -22,7 +22,6 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    pub max_delivery_count: u32,
     pub retry_base: Duration,
     pub retry_max: Duration,
 }
@@ -65,7 +64,7 @@ pub async fn run(
             .iter()
             .zip(outcomes)
             .map(|(d, outcome)| {
-                let settlement = settle(&config, d, outcome);
+                let settlement = settle(&config, d, outcome, failures_in_a_row + 1);
                 transient |= matches!(settlement, Settlement::Retry { .. });
                 settlement
             })
@@ -95,7 +94,12 @@ fn delivery(message: QueuedMessage) -> Delivery {
     }
 }
 
-fn settle(config: &WorkerConfig, delivery: &Delivery, outcome: Outcome) -> Settlement {
+fn settle(
+    config: &WorkerConfig,
+    delivery: &Delivery,
+    outcome: Outcome,
+    failures_in_a_row: u32,
+) -> Settlement {
     let sequence = delivery.sequence;
     match outcome {
         Outcome::Stored { id, stale } => {
@@ -107,23 +111,21 @@ fn settle(config: &WorkerConfig, delivery: &Delivery, outcome: Outcome) -> Settl
             tracing::warn!(message_id = %delivery.message_id, %reason, "message dead-lettered");
             Settlement::DeadLetter { sequence, reason }
         }
-        Outcome::Transient(e) if delivery.delivery_count >= config.max_delivery_count => {
-            metrics::consumed("dead_lettered", 1);
-            let reason = format!("max delivery count {} reached; last error: {e}", config.max_delivery_count);
-            tracing::error!(message_id = %delivery.message_id, %reason, "message dead-lettered");
-            Settlement::DeadLetter { sequence, reason }
-        }
+        // The store is down, locked or throttled: not this message's fault. The worker backs
+        // off (the caller pauses) and the message waits without using up its deliveries, so
+        // an outage of any length ends with every message stored, none dead-lettered.
         Outcome::Transient(e) => {
             metrics::consumed("retried", 1);
-            let delay = config.backoff(delivery.delivery_count).max(e.retry_after().min(config.retry_max));
+            let delay = config.backoff(failures_in_a_row.max(1)).max(e.retry_after().min(config.retry_max));
             tracing::warn!(
                 message_id = %delivery.message_id, delivery_count = delivery.delivery_count,
-                retry_in_ms = delay.as_millis() as u64, error = %e, "message will be retried"
+                retry_in_ms = delay.as_millis() as u64, error = %e, "store unavailable; message will be retried"
             );
             Settlement::Retry {
                 sequence,
                 visible_at: OffsetDateTime::now_utc() + delay,
                 error: e.to_string(),
+                counted: false,
             }
         }
     }
@@ -158,11 +160,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_the_base_and_stops_at_the_cap() {
-        let c = WorkerConfig {
-            max_delivery_count: 10,
-            retry_base: Duration::from_millis(100),
-            retry_max: Duration::from_secs(1),
-        };
+        let c = WorkerConfig { retry_base: Duration::from_millis(100), retry_max: Duration::from_secs(1) };
         let delays: Vec<u64> = (1..=6).map(|n| c.backoff(n).as_millis() as u64).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(c.backoff(u32::MAX), Duration::from_secs(1));

@@ -180,14 +180,23 @@ fn an_unavailable_topic_answers_503_with_retry_after_and_never_202() {
 fn a_store_outage_fails_the_invocation_so_the_host_retries() {
     let cosmos = CosmosServer::start();
     let servicebus = FakeServiceBus::start("users");
-    let (_dir, server) = start_azure(&cosmos, &servicebus, &[]);
+    let (_dir, server) = start_azure(&cosmos, &servicebus, &[("CONSUME_RETRY_BUDGET_MS", "1500")]);
     let client = blocking_client();
     let (status, _) = post_user(&client, &server, r#"{"id":"az-3","name":"Outage","email":"o@example.com"}"#);
     assert_eq!(status, 202);
     drop(cosmos);
+    // The outage is waited out for the retry budget, then the invocation fails.
+    let started = Instant::now();
     let (status, body) =
         invoke(&client, &server, &FakeServiceBus::host_invocation(&servicebus.captured()[0], 1));
     assert_eq!(status, 503, "{body}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(700) && waited < Duration::from_secs(10), "{waited:?}");
+    // On the subscription's last delivery it is parked instead (here the dead-letter
+    // container is down too, so the host must retry: still 503, never a 2xx that loses it).
+    let (status, _) =
+        invoke(&client, &server, &FakeServiceBus::host_invocation(&servicebus.captured()[0], 10));
+    assert_eq!(status, 503);
     let r = client.get(server.url("/api/users/az-3")).send().unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));

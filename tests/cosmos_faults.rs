@@ -128,3 +128,71 @@ async fn a_slow_store_times_out_at_the_configured_bound() {
     assert!(elapsed < Duration::from_millis(2500), "COSMOS_TIMEOUT_MS=1000 but the read took {elapsed:?}");
     assert!(err.to_string().contains("408"), "{err}");
 }
+
+/// A burst of 2,000 messages against a store that throttles three writes in ten (429 with
+/// x-ms-retry-after-ms), consumed 16 at a time through the same `Consumer` the
+/// `/ingest-consume` route uses, each failure redelivered as Service Bus would: every
+/// message ends stored, as one document, and none runs out of deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_2000_messages_against_a_throttled_store_ends_with_2000_documents() {
+    use data_ingestion_api::consume::{Consumer, Delivery, MessageBody, Outcome};
+    use futures::StreamExt;
+
+    let server = CosmosServer::start();
+    let throttle = |id: &str, operation| {
+        let result = FaultInjectionResultBuilder::new()
+            .with_custom_response(
+                CustomResponseBuilder::new(StatusCode::TooManyRequests)
+                    .with_header("x-ms-retry-after-ms", "20")
+                    .with_sub_status(3200)
+                    .build(),
+            )
+            .with_probability(0.3)
+            .build();
+        rule(id, operation, result, None)
+    };
+    let rules = vec![
+        throttle("create-429", FaultOperationType::CreateItem),
+        throttle("read-429", FaultOperationType::ReadItem),
+    ];
+    let stores = stores(&server, 5000, rules.clone()).await;
+    let consumer = Consumer::new(stores.users.clone());
+
+    let delivery = |i: usize, count: u32| Delivery {
+        message_id: format!("burst-msg-{i}"),
+        body: MessageBody::Json(
+            json!({"id": format!("burst-{i}"), "name": "Burst", "email": format!("b{i}@example.com")}),
+        ),
+        enqueued_at: time::OffsetDateTime::now_utc(),
+        sequence: i as i64 + 1,
+        delivery_count: count,
+        correlation_id: None,
+    };
+    let outcomes: Vec<(usize, u32)> = futures::stream::iter(0..2000)
+        .map(|i| {
+            let consumer = consumer.clone();
+            async move {
+                for count in 1..=10u32 {
+                    match consumer.process(&delivery(i, count)).await {
+                        Outcome::Stored { .. } => return (i, count),
+                        Outcome::Transient(_) => continue,
+                        Outcome::Poison { reason } => panic!("burst-{i} parked: {reason}"),
+                    }
+                }
+                (i, u32::MAX)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let exhausted: Vec<usize> = outcomes.iter().filter(|(_, c)| *c == u32::MAX).map(|(i, _)| *i).collect();
+    assert!(exhausted.is_empty(), "ran out of deliveries: {exhausted:?}");
+    assert!(rules.iter().map(|r| r.hit_count()).sum::<u32>() > 100, "the store was hardly throttled");
+
+    // Read back without faults: 2,000 documents, one per id.
+    let clean = CosmosStores::connect(&config(&server, 5000)).await.unwrap();
+    for i in 0..2000 {
+        let id = UserId::parse(&format!("burst-{i}")).unwrap();
+        assert!(clean.users.get(&id).await.unwrap().is_some(), "burst-{i} is missing");
+    }
+}

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -24,6 +24,8 @@ const MAX_PENDING_COMMANDS: usize = 8192;
 /// The most commands one commit takes.
 const MAX_GROUP: usize = 1024;
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long an Idempotency-Key is remembered.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -37,6 +39,13 @@ CREATE TABLE IF NOT EXISTS messages (
     last_error      TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_visible ON messages (visible_at_ms, sequence);
+-- Message ids published under an Idempotency-Key, with the request they came from: a repeat
+-- is dropped, as Service Bus duplicate detection drops it in Azure.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    message_id    TEXT PRIMARY KEY,
+    request_hash  TEXT NOT NULL,
+    created_ns    INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id                  INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id          TEXT NOT NULL,
@@ -54,8 +63,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 pub enum Settlement {
     /// Stored: remove it.
     Complete { sequence: i64 },
-    /// Failed for now: deliver again no earlier than `visible_at`.
-    Retry { sequence: i64, visible_at: OffsetDateTime, error: String },
+    /// Failed for now: deliver again no earlier than `visible_at`. `counted`: whether this
+    /// delivery counts towards the max delivery count (a store outage does not: the message
+    /// is not at fault, and burning its deliveries would dead-letter good data).
+    Retry { sequence: i64, visible_at: OffsetDateTime, error: String, counted: bool },
     /// Can never succeed: move it to the dead letters, in the same transaction.
     DeadLetter { sequence: i64, reason: String },
 }
@@ -91,6 +102,11 @@ impl SqliteQueue {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let writer = open_connection(path)?;
         writer.execute_batch(SCHEMA)?;
+        // Idempotency keys are honoured for a day (Service Bus: its duplicate-detection window).
+        writer.execute(
+            "DELETE FROM idempotency_keys WHERE created_ns < ?1",
+            [now_ns() as i64 - IDEMPOTENCY_WINDOW.as_nanos() as i64],
+        )?;
         let reader = open_connection(path)?;
         let (jobs, receiver) = mpsc::channel(MAX_PENDING_COMMANDS);
         let published = Arc::new(Notify::new());
@@ -134,6 +150,17 @@ impl SqliteQueue {
             conn.prepare_cached("SELECT MIN(visible_at_ms) FROM messages")?
                 .query_row([], |row| row.get::<_, Option<i64>>(0))
                 .map(|ms| ms.map(|ms| from_ns(ms as i128 * 1_000_000)))
+        })
+        .await
+    }
+
+    /// The request hash recorded for a message id published under an Idempotency-Key.
+    pub async fn recorded(&self, message_id: &str) -> Result<Option<String>, PublishError> {
+        let message_id = message_id.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT request_hash FROM idempotency_keys WHERE message_id = ?1")?
+                .query_row([message_id], |row| row.get(0))
+                .optional()
         })
         .await
     }
@@ -189,6 +216,10 @@ impl SqliteQueue {
 impl Publisher for SqliteQueue {
     async fn publish(&self, messages: Vec<OutgoingMessage>) -> Result<(), PublishError> {
         self.submit(Command::Publish(messages)).await
+    }
+
+    async fn recorded_request(&self, message_id: &str) -> Result<Option<String>, PublishError> {
+        self.recorded(message_id).await
     }
 
     async fn health(&self) -> BackendHealth {
@@ -284,7 +315,16 @@ fn commit_group(conn: &mut Connection, group: &[Job]) -> rusqlite::Result<()> {
                     "INSERT INTO messages (message_id, correlation_id, body, enqueued_at_ns)
                      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (message_id) DO NOTHING",
                 )?;
+                let mut remember = tx.prepare_cached(
+                    "INSERT INTO idempotency_keys (message_id, request_hash, created_ns)
+                     VALUES (?1, ?2, ?3) ON CONFLICT (message_id) DO NOTHING",
+                )?;
                 for m in messages {
+                    if let Some(hash) = &m.request_hash {
+                        if remember.execute(params![m.message_id, hash, now as i64])? == 0 {
+                            continue; // published before under the same key
+                        }
+                    }
                     insert.execute(params![m.message_id, m.correlation_id, m.body.as_bytes(), now as i64])?;
                 }
             }
@@ -318,11 +358,11 @@ fn settle_one(tx: &rusqlite::Transaction<'_>, settlement: &Settlement, now: i128
         Settlement::Complete { sequence } => {
             tx.prepare_cached("DELETE FROM messages WHERE sequence = ?1")?.execute([sequence])?;
         }
-        Settlement::Retry { sequence, visible_at, error } => {
+        Settlement::Retry { sequence, visible_at, error, counted } => {
             tx.prepare_cached(
-                "UPDATE messages SET attempts = attempts + 1, visible_at_ms = ?2, last_error = ?3 WHERE sequence = ?1",
+                "UPDATE messages SET attempts = attempts + ?4, visible_at_ms = ?2, last_error = ?3 WHERE sequence = ?1",
             )?
-            .execute(params![sequence, (to_ns(*visible_at) / 1_000_000), error])?;
+            .execute(params![sequence, (to_ns(*visible_at) / 1_000_000), error, i64::from(*counted)])?;
         }
         Settlement::DeadLetter { sequence, reason } => {
             let moved = tx

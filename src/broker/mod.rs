@@ -3,10 +3,14 @@
 //! [`Publisher`] is what `POST /api/users` needs: a message is durable once `publish` returns
 //! `Ok`, and only then may the API answer 202. The embedded [`SqliteQueue`] also plays the
 //! subscription for the in-process worker; in Azure the Functions host plays it.
+//! [`DeadLetterAdmin`] is the operator's access to the parked messages (the `deadletters`
+//! command): [`SqliteDeadLetters`] here, `store::CosmosDeadLetterAdmin` in Azure.
 
+mod dead_letters;
 mod embedded;
 mod servicebus;
 
+pub use dead_letters::{DeadLetterAdmin, ParkedMessage, Replay, Replayed, SqliteDeadLetters};
 pub use embedded::{QueueStats, Settlement, SqliteQueue};
 pub use servicebus::{ServiceBusPublisher, SCHEMA_VERSION};
 
@@ -23,6 +27,9 @@ pub struct OutgoingMessage {
     pub correlation_id: Option<String>,
     /// The user document as compact JSON.
     pub body: String,
+    /// For a request with an Idempotency-Key: a digest of the request, kept with the message
+    /// id so that a repeat is dropped (and one with another body recognised).
+    pub request_hash: Option<String>,
 }
 
 /// A message read back from the embedded subscription.
@@ -75,6 +82,11 @@ pub trait Publisher: Send + Sync {
             Ok(()) => (count, None),
             Err(e) => (0, Some(e)),
         }
+    }
+    /// The request digest recorded with a message id published under an Idempotency-Key, if
+    /// the topic keeps one (the embedded queue does; Service Bus only drops duplicates).
+    async fn recorded_request(&self, _message_id: &str) -> Result<Option<String>, PublishError> {
+        Ok(None)
     }
     async fn health(&self) -> BackendHealth;
 }

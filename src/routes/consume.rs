@@ -6,6 +6,8 @@
 //! transient failure answers 503, and a message that can never succeed is parked in our own
 //! dead-letter store and answered 200: retrying it would only burn deliveries.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -51,7 +53,29 @@ async fn process(
     delivery: &Delivery,
 ) -> (Result<Response, ApiError>, Option<String>) {
     let message_id = delivery.message_id.clone();
-    match state.consumer.process(delivery).await {
+    // A store outage is waited out inside the invocation, for up to CONSUME_RETRY_BUDGET_MS:
+    // the host redelivers a failed invocation at once, so failing fast would burn the
+    // subscription's deliveries in seconds and dead-letter good messages.
+    let started = std::time::Instant::now();
+    let mut attempt = 0u32;
+    let outcome = loop {
+        attempt += 1;
+        match state.consumer.process(delivery).await {
+            Outcome::Transient(e) => {
+                let wait = e
+                    .retry_after()
+                    .max(Duration::from_millis(100 << attempt.min(5)))
+                    .min(Duration::from_secs(5));
+                if started.elapsed() + wait >= state.consume_retry_budget {
+                    break Outcome::Transient(e);
+                }
+                tracing::warn!(%invocation_id, %message_id, attempt, error = %e, "store unavailable; retrying within the invocation");
+                tokio::time::sleep(wait).await;
+            }
+            outcome => break outcome,
+        }
+    };
+    match outcome {
         Outcome::Stored { id, stale } => {
             tracing::info!(%invocation_id, %message_id, user_id = %id, stale, "message stored");
             let line = if stale {
@@ -61,24 +85,12 @@ async fn process(
             };
             (Ok(answer(line)), Some(id.to_string()))
         }
-        Outcome::Poison { reason } => {
-            let letter = DeadLetter {
-                message_id: message_id.clone(),
-                body: body_bytes(&delivery.body),
-                enqueued_at: delivery.enqueued_at,
-                delivery_count: delivery.delivery_count,
-                reason: reason.clone(),
-                source: "ingest-consume",
-            };
-            if let Err(e) = state.dead_letters.park(letter).await {
-                metrics::consumed("retried", 1);
-                tracing::error!(%invocation_id, %message_id, error = %e, "cannot park a poison message; the host will retry");
-                let error = ApiError::Unavailable { what: "dead-letter store", retry_after: e.retry_after() };
-                return (Err(error), None);
-            }
-            metrics::consumed("dead_lettered", 1);
-            tracing::warn!(%invocation_id, %message_id, %reason, "message dead-lettered");
-            (Ok(answer(format!("message {message_id}: dead-lettered: {reason}"))), None)
+        Outcome::Poison { reason } => park(state, invocation_id, delivery, reason).await,
+        // The last delivery Service Bus will make: park it with its reason, where an operator
+        // can replay it, rather than in the subscription's dead-letter queue without one.
+        Outcome::Transient(e) if delivery.delivery_count >= state.max_delivery_count => {
+            let reason = format!("max delivery count {} reached; last error: {e}", state.max_delivery_count);
+            park(state, invocation_id, delivery, reason).await
         }
         Outcome::Transient(e) => {
             metrics::consumed("retried", 1);
@@ -90,6 +102,32 @@ async fn process(
             (Err(ApiError::Unavailable { what: "store", retry_after: e.retry_after() }), None)
         }
     }
+}
+
+async fn park(
+    state: &AppState,
+    invocation_id: &str,
+    delivery: &Delivery,
+    reason: String,
+) -> (Result<Response, ApiError>, Option<String>) {
+    let message_id = delivery.message_id.clone();
+    let letter = DeadLetter {
+        message_id: message_id.clone(),
+        body: body_bytes(&delivery.body),
+        enqueued_at: delivery.enqueued_at,
+        delivery_count: delivery.delivery_count,
+        reason: reason.clone(),
+        source: "ingest-consume",
+    };
+    if let Err(e) = state.dead_letters.park(letter).await {
+        metrics::consumed("retried", 1);
+        tracing::error!(%invocation_id, %message_id, error = %e, "cannot park the message; the host will retry");
+        let error = ApiError::Unavailable { what: "dead-letter store", retry_after: e.retry_after() };
+        return (Err(error), None);
+    }
+    metrics::consumed("dead_lettered", 1);
+    tracing::warn!(%invocation_id, %message_id, %reason, "message dead-lettered");
+    (Ok(answer(format!("message {message_id}: dead-lettered: {reason}"))), None)
 }
 
 fn answer(log: String) -> Response {

@@ -51,18 +51,93 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     let bytes = tokio::time::timeout(state.body_timeout, read)
         .await
         .map_err(|_| ApiError::BodyTimeout { after: state.body_timeout })??;
+    let idempotency = Idempotency::from_headers(headers, &bytes)?;
     match parse_json(&bytes)? {
-        Value::Array(records) => accept_batch(state, headers, records).await,
-        record => accept_one(state, headers, record).await,
+        Value::Array(records) => accept_batch(state, headers, records, idempotency.as_ref()).await,
+        record => accept_one(state, headers, record, idempotency.as_ref()).await,
     }
 }
 
-async fn accept_one(state: &AppState, headers: &HeaderMap, value: Value) -> Result<Response, ApiError> {
+/// An `Idempotency-Key`: a retried request with the same key and body makes no second
+/// message and gets the same answer. The key fixes the message ids (so the topic drops a
+/// repeat: the embedded queue by its record of keys, Service Bus by duplicate detection) and
+/// the id of a record that has none (so the answer is the same).
+struct Idempotency {
+    key: String,
+    /// A digest of the request body: the same key with another body is refused (422).
+    request_hash: String,
+}
+
+const IDEMPOTENCY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x8b0e_41c2_7d3f_4e59_a1b6_c8d7_e9f0_1a2b);
+
+impl Idempotency {
+    fn from_headers(headers: &HeaderMap, body: &[u8]) -> Result<Option<Self>, ApiError> {
+        let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+        let key = value
+            .to_str()
+            .ok()
+            .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+        let Some(key) = key else {
+            return Err(ApiError::InvalidHeader {
+                name: "Idempotency-Key",
+                why: "must be 1 to 255 visible ASCII characters",
+            });
+        };
+        let request_hash = uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, body).to_string();
+        Ok(Some(Self { key: key.to_owned(), request_hash }))
+    }
+
+    fn derive(&self, what: &str, index: Option<usize>) -> String {
+        let name = match index {
+            Some(i) => format!("{what}:{i}:{}", self.key),
+            None => format!("{what}:{}", self.key),
+        };
+        uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).to_string()
+    }
+
+    /// Gives a record without an id the one this key determines.
+    fn fill_id(&self, record: &mut Value, index: Option<usize>) {
+        if let Value::Object(fields) = record {
+            if fields.get("id").is_none_or(Value::is_null) {
+                fields.insert("id".into(), Value::String(self.derive("user", index)));
+            }
+        }
+    }
+
+    /// `true` when this key was used before for this very request (a replay: answer again,
+    /// publish nothing); an error when it was used for another request.
+    async fn seen(&self, state: &AppState, message_id: &str) -> Result<bool, ApiError> {
+        match state.publisher.recorded_request(message_id).await {
+            Ok(None) => Ok(false),
+            Ok(Some(hash)) if hash == self.request_hash => Ok(true),
+            Ok(Some(_)) => Err(ApiError::IdempotencyConflict),
+            Err(e) => Err(ApiError::Unavailable { what: "topic", retry_after: e.retry_after() }),
+        }
+    }
+}
+
+async fn accept_one(
+    state: &AppState,
+    headers: &HeaderMap,
+    mut value: Value,
+    idempotency: Option<&Idempotency>,
+) -> Result<Response, ApiError> {
+    if let Some(idempotency) = idempotency {
+        idempotency.fill_id(&mut value, None);
+    }
     let user = NewUser::parse(value).map_err(ApiError::InvalidRecord)?;
     let doc = user.into_document(state.clock.now());
-    let message = message_for(&doc, headers);
+    let mut message = message_for(&doc, headers);
+    let mut replayed = false;
+    if let Some(idempotency) = idempotency {
+        message.message_id = idempotency.derive("message", None);
+        message.request_hash = Some(idempotency.request_hash.clone());
+        replayed = idempotency.seen(state, &message.message_id).await?;
+    }
     let message_id = message.message_id.clone();
-    publish(state, vec![message]).await.1.map_or(Ok(()), Err)?;
+    if !replayed {
+        publish(state, vec![message]).await.1.map_or(Ok(()), Err)?;
+    }
     metrics::registry().add(&metrics::RECORDS_ACCEPTED, &[], 1);
     let location = format!("/api/users/{}", doc.id);
     let mut response =
@@ -70,6 +145,9 @@ async fn accept_one(state: &AppState, headers: &HeaderMap, value: Value) -> Resu
     response
         .headers_mut()
         .insert(header::LOCATION, HeaderValue::from_str(&location).expect("user ids are ASCII header-safe"));
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
     // The request's one log line carries the ids.
     response.extensions_mut().insert(LogIds {
         user_id: Some(doc.id.to_string()),
@@ -90,6 +168,7 @@ async fn accept_batch(
     state: &AppState,
     headers: &HeaderMap,
     records: Vec<Value>,
+    idempotency: Option<&Idempotency>,
 ) -> Result<Response, ApiError> {
     if records.is_empty() {
         return Err(ApiError::InvalidJson("the batch is an empty array; send at least one record".into()));
@@ -102,7 +181,10 @@ async fn accept_batch(
     let mut valid = Vec::new();
     let mut invalid = Vec::new();
     let mut messages = Vec::new();
-    for (index, record) in records.into_iter().enumerate() {
+    for (index, mut record) in records.into_iter().enumerate() {
+        if let Some(idempotency) = idempotency {
+            idempotency.fill_id(&mut record, Some(index));
+        }
         // The single-record limit applies to each record of a batch too.
         let size = serde_json::to_vec(&record).map_or(usize::MAX, |v| v.len());
         let parsed = if size > state.max_record_bytes {
@@ -116,7 +198,12 @@ async fn accept_batch(
         match parsed {
             Ok(user) => {
                 let doc = user.into_document(now);
-                messages.push(message_for(&doc, headers));
+                let mut message = message_for(&doc, headers);
+                if let Some(idempotency) = idempotency {
+                    message.message_id = idempotency.derive("message", Some(index));
+                    message.request_hash = Some(idempotency.request_hash.clone());
+                }
+                messages.push(message);
                 valid.push(index);
                 results.push(json!({"index": index, "status": 202, "id": doc.id}));
             }
@@ -146,7 +233,11 @@ async fn accept_batch(
             .collect();
         return Err(ApiError::InvalidBatch(errors));
     }
-    let (durable, failure) = publish(state, messages).await;
+    let replayed = match (idempotency, messages.first()) {
+        (Some(idempotency), Some(first)) => idempotency.seen(state, &first.message_id).await?,
+        _ => false,
+    };
+    let (durable, failure) = if replayed { (messages.len(), None) } else { publish(state, messages).await };
     let registry = metrics::registry();
     registry.add(&metrics::RECORDS_ACCEPTED, &[], durable as u64);
     if let Some(error) = failure {
@@ -176,6 +267,7 @@ fn message_for(doc: &UserDocument, headers: &HeaderMap) -> OutgoingMessage {
         // Correlates the message with the request that made it: the caller's W3C trace id, or a new one.
         correlation_id: Some(trace_id(headers).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())),
         body: doc.to_json(),
+        request_hash: None,
     }
 }
 

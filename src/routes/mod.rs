@@ -45,8 +45,15 @@ pub struct AppState {
     pub max_batch_bytes: usize,
     pub max_batch_records: usize,
     pub body_timeout: std::time::Duration,
+    /// How long `/ingest-consume` waits out a store outage before failing the invocation.
+    pub consume_retry_budget: std::time::Duration,
+    /// The subscription's max delivery count: on the last delivery, a message that still
+    /// cannot be stored is parked with its reason.
+    pub max_delivery_count: u32,
     /// Permits for requests in flight: when none is left, a request gets 503 at once.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// When set, what every request but the probes must carry.
+    pub api_key: Option<crate::config::Secret>,
     pub backend: &'static str,
 }
 
@@ -65,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), limit_in_flight))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_key))
         .layer(axum::middleware::from_fn(access_log))
         .with_state(state)
 }
@@ -100,6 +108,37 @@ async fn access_log(request: Request, next: Next) -> axum::response::Response {
         message_id: ids.and_then(|i| i.message_id.as_deref()),
     });
     response
+}
+
+/// With `INGEST_API_KEY` set, a request must carry the key as the Functions host's keys are
+/// carried: an `x-functions-key` header or a `code` query parameter. The probes (`GET /`,
+/// `GET /api/health`) need none. The comparison takes the same time wherever it differs.
+async fn require_key(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> axum::response::Response {
+    let Some(key) = &state.api_key else { return next.run(request).await };
+    let path = request.uri().path();
+    if path == "/" || path == "/api/health" {
+        return next.run(request).await;
+    }
+    let from_header = request.headers().get("x-functions-key").map(|v| v.as_bytes().to_vec());
+    let from_query = request.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "code")
+            .map(|(_, v)| v.as_bytes().to_vec())
+    });
+    let given = from_header.or(from_query);
+    if given.as_deref().is_some_and(|g| same(g, key.expose().as_bytes())) {
+        return next.run(request).await;
+    }
+    use axum::response::IntoResponse;
+    ApiError::Unauthorized { missing: given.is_none() }.into_response()
+}
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Past `MAX_IN_FLIGHT` requests being handled, a request is refused with 503 and

@@ -31,6 +31,12 @@ pub enum ApiError {
     BodyRead(String),
     #[error("unsupported content type")]
     UnsupportedMediaType { got: Option<String> },
+    #[error("the {name} header {why}")]
+    InvalidHeader { name: &'static str, why: &'static str },
+    #[error("the Idempotency-Key was used for another request")]
+    IdempotencyConflict,
+    #[error("no valid API key")]
+    Unauthorized { missing: bool },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("not found: {0}")]
@@ -72,6 +78,9 @@ impl ApiError {
             Self::TooLarge { .. } | Self::TooManyRecords { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
+            Self::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -130,6 +139,25 @@ impl IntoResponse for ApiError {
                     "The body must be sent as Content-Type: application/json, not {}.",
                     got.as_deref().map_or("without a content type".to_owned(), |g| format!("{g:?}"))
                 ),
+            ),
+            Self::InvalidHeader { name, why } => {
+                ("/problems/invalid-header", "Invalid header", format!("The {name} header {why}."))
+            }
+            Self::IdempotencyConflict => (
+                "/problems/idempotency-key-reused",
+                "Idempotency-Key reused",
+                "This Idempotency-Key was used for a request with another body; nothing was accepted. Use a new key for a new request."
+                    .into(),
+            ),
+            Self::Unauthorized { missing } => (
+                "/problems/unauthorized",
+                "Unauthorized",
+                if *missing {
+                    "This service needs an API key: send it as the x-functions-key header or the code query parameter."
+                        .into()
+                } else {
+                    "The API key is not valid.".into()
+                },
             ),
             Self::MethodNotAllowed => (
                 "/problems/method-not-allowed",

@@ -10,14 +10,16 @@
 //! and on 503s and timeouts, the caller gets `StoreError::Unavailable` with the server's
 //! retry-after, and the message is retried later by the host or the worker.
 //!
-//! `export` is the one query: `SELECT * FROM c` across partitions, read through the driver's
-//! pager (continuation tokens), one page in memory at a time.
+//! `export` is one query: `SELECT * FROM c` across partitions, read through the driver's
+//! pager (continuation tokens), one page in memory at a time. The other is the operator's
+//! listing of dead letters ([`CosmosDeadLetterAdmin`]), which reads every field but the body.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use async_trait::async_trait;
 use azure_data_cosmos::clients::ContainerClient;
 use azure_data_cosmos::models::ContainerProperties;
@@ -36,7 +38,10 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{ExportPages, StoreError, StoredUser, UpsertOutcome, UserStore, WriteVersion};
-use crate::broker::{BackendHealth, DeadLetter, DeadLetterStore, PublishError};
+use crate::broker::{
+    BackendHealth, DeadLetter, DeadLetterAdmin, DeadLetterStore, OutgoingMessage, ParkedMessage,
+    PublishError, Publisher, Replay, Replayed,
+};
 use crate::config::CosmosConfig;
 use crate::domain::{UserDocument, UserId};
 
@@ -358,6 +363,123 @@ impl DeadLetterStore for CosmosDeadLetters {
                 reason: e.to_string(),
                 retry_after: throttle_wait(&e).unwrap_or(RETRY_AFTER),
             }),
+        }
+    }
+}
+
+/// The operator's access to the `deadletters` container (the `deadletters` command). A replay
+/// is published to the topic through `publisher` (Service Bus) FIRST and the document deleted
+/// after: a crash in between leaves the message in the topic and its dead letter in place (a
+/// second replay would publish it twice, which the idempotent consumer absorbs), never neither.
+pub struct CosmosDeadLetterAdmin {
+    letters: Arc<CosmosDeadLetters>,
+    /// `None` when the command does not replay (no Service Bus settings needed).
+    publisher: Option<Arc<dyn Publisher>>,
+}
+
+/// What a listing reads of each dead letter: never its body.
+const LIST_QUERY: &str = "SELECT c.id, c.messageId, c.reason, c.source, c.deliveryCount, c.enqueuedAt, \
+                          c.deadLetteredAt, c._ts FROM c";
+
+impl CosmosDeadLetterAdmin {
+    pub fn new(letters: Arc<CosmosDeadLetters>, publisher: Option<Arc<dyn Publisher>>) -> Self {
+        Self { letters, publisher }
+    }
+}
+
+/// A dead-letter document (or a listing's projection of one) as the operator sees it.
+fn parked_message(doc: &Map<String, Value>, with_body: bool) -> ParkedMessage {
+    let text = |key: &str| doc.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let time = |key: &str| {
+        doc.get(key).and_then(Value::as_str).and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+    };
+    let stamped =
+        doc.get("_ts").and_then(Value::as_i64).and_then(|ts| OffsetDateTime::from_unix_timestamp(ts).ok());
+    let body = with_body.then(|| match doc.get("body") {
+        Some(Value::String(body)) => body.clone().into_bytes(),
+        Some(other) => other.to_string().into_bytes(),
+        None => Vec::new(),
+    });
+    ParkedMessage {
+        id: text("id"),
+        message_id: text("messageId"),
+        parked_at: time("deadLetteredAt").or(stamped),
+        enqueued_at: time("enqueuedAt"),
+        delivery_count: doc.get("deliveryCount").and_then(Value::as_u64).unwrap_or(0).min(u32::MAX as u64)
+            as u32,
+        source: text("source"),
+        reason: text("reason"),
+        body,
+    }
+}
+
+#[async_trait]
+impl DeadLetterAdmin for CosmosDeadLetterAdmin {
+    /// A cross-partition query of the listed fields (bodies stay in Cosmos DB), sorted here:
+    /// dead letters are few, and a cross-partition ORDER BY would need a composite of pages.
+    async fn list(&self, limit: Option<usize>) -> anyhow::Result<(u64, Vec<ParkedMessage>)> {
+        let pages = self
+            .letters
+            .container
+            .query_items::<Map<String, Value>>(LIST_QUERY, FeedScope::full_container(), None)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot query the dead-letter container: {e}"))?;
+        let mut pages = pages.into_pages();
+        let mut letters = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| anyhow::anyhow!("cannot query the dead-letter container: {e}"))?;
+            letters.extend(page.into_items().iter().map(|doc| parked_message(doc, false)));
+        }
+        letters.sort_by(|a, b| (a.parked_at, &a.id).cmp(&(b.parked_at, &b.id)));
+        let total = letters.len() as u64;
+        if let Some(limit) = limit {
+            letters.truncate(limit);
+        }
+        Ok((total, letters))
+    }
+
+    async fn get(&self, id: &str) -> anyhow::Result<Option<ParkedMessage>> {
+        match self.letters.container.read_item(id.to_owned(), id, None).await {
+            Ok(response) => {
+                let doc: Map<String, Value> = response
+                    .into_model()
+                    .map_err(|e| anyhow::anyhow!("cannot read dead letter {id}: {e}"))?;
+                Ok(Some(parked_message(&doc, true)))
+            }
+            Err(e) if e.status().is_not_found() => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("cannot read dead letter {id}: {e}")),
+        }
+    }
+
+    async fn replay(&self, id: &str, replay: Replay) -> anyhow::Result<Replayed> {
+        let publisher = self.publisher.as_ref().context(
+            "replaying needs the Service Bus settings (SERVICEBUS_CONNECTION_STRING, SERVICEBUS_TOPIC)",
+        )?;
+        let message_id = replay.message_id.clone();
+        let message = OutgoingMessage {
+            message_id: replay.message_id,
+            correlation_id: replay.correlation_id,
+            body: String::from_utf8_lossy(&replay.body).into_owned(),
+            request_hash: None,
+        };
+        publisher.publish(vec![message]).await.map_err(|e| {
+            anyhow::anyhow!("cannot publish dead letter {id} to the topic (nothing was changed): {e}")
+        })?;
+        match self.delete(id).await {
+            Ok(true) => Ok(Replayed::Done),
+            Ok(false) => Ok(Replayed::DoneButAlreadyGone),
+            Err(e) => Err(e.context(format!(
+                "dead letter {id} was published as message {message_id} but is still parked: \
+                 remove it with `deadletters purge {id}` (replaying it again would publish it twice)"
+            ))),
+        }
+    }
+
+    async fn delete(&self, id: &str) -> anyhow::Result<bool> {
+        match self.letters.container.delete_item(id.to_owned(), id, None).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.status().is_not_found() => Ok(false),
+            Err(e) => Err(anyhow::anyhow!("cannot delete dead letter {id}: {e}")),
         }
     }
 }

@@ -341,6 +341,7 @@ process.stdout.on("error", () => {});
 server.on("error", (err) => fail(`listen failed: ${err.message}`));
 server.listen(args.port, "127.0.0.1", () => {
   const { port } = server.address();
-  publicEndpoint = `http://127.0.0.1:${port}/`;
-  process.stdout.write(`${JSON.stringify({ endpoint: publicEndpoint })}\n`);
+  // A test that puts a proxy in front (to cut the network) has the server advertise the proxy.
+  publicEndpoint = process.env.COSMOS_ADVERTISED_ENDPOINT || `http://127.0.0.1:${port}/`;
+  process.stdout.write(`${JSON.stringify({ endpoint: `http://127.0.0.1:${port}/` })}\n`);
 });

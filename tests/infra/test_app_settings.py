@@ -15,6 +15,7 @@ NOT_APP_SETTINGS = {
     "DATA_DIR": "embedded backend only (its SQLite files); in Azure the state is in Service Bus and Cosmos DB",
     "INGEST_WORKER": "embedded backend only; in Azure the ingest-consume trigger drains the subscription",
     "SERVICEBUS_ENDPOINT": "tests only: points the Service Bus client at a local peer instead of *.servicebus.windows.net",
+    "INGEST_API_KEY": "the Functions host checks function keys itself (authLevel function) before it forwards a request",
 }
 
 # Settings the azurerm provider writes from typed arguments of azurerm_linux_function_app

@@ -721,7 +721,7 @@ def test_the_runbook_explains_replaying_dead_letters(operations):
     assert "data-ingestion-api deadletters list|show|replay|purge" in replay
     for command in ("`list`", "`show <id>`", "`replay`", "`purge`"):
         assert command in replay
-    assert "being built" in replay
+    assert "--edit" in replay, "how to repair a body before replaying it"
     assert "Service Bus Explorer" in replay and "Dead-letter" in replay
     assert "duplicate detection" in replay, "a re-send within the window is dropped silently"
 

@@ -23,6 +23,12 @@ pub struct CosmosServer {
 
 impl CosmosServer {
     pub fn start() -> Self {
+        Self::start_advertising(None)
+    }
+
+    /// Starts the server, advertising `endpoint` as its address in the account metadata (a
+    /// proxy in front of it, which clients then use for every request).
+    pub fn start_advertising(endpoint: Option<&str>) -> Self {
         let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cosmos-server");
         assert!(
             launcher.join("node_modules/@vercel/cosmosdb-server").is_dir(),
@@ -37,6 +43,7 @@ impl CosmosServer {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            .envs(endpoint.map(|e| ("COSMOS_ADVERTISED_ENDPOINT", e.to_owned())))
             .spawn()
             .expect("cannot run node: Node.js 20 is needed for the Cosmos test server");
         let stdin = child.stdin.take().unwrap();

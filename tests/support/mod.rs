@@ -4,6 +4,7 @@
 
 pub mod appinsights;
 pub mod cosmos;
+pub mod proxy;
 pub mod servicebus;
 
 use std::io::{BufRead, BufReader};
@@ -42,9 +43,15 @@ impl TestServer {
     /// Starts the binary on port 0 with `data_dir` and extra environment, and waits until it
     /// says where it listens. Retry delays are short so tests of retries stay quick.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_on(data_dir, 0, env)
+    }
+
+    /// As [`TestServer::start`], on a given port (0: any free one), so that a restarted
+    /// service is found where its clients left it.
+    pub fn start_on(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(BIN);
         command
-            .args(["serve", "--port", "0", "--data-dir"])
+            .args(["serve", "--port", &port.to_string(), "--data-dir"])
             .arg(data_dir)
             .env_remove("FUNCTIONS_CUSTOMHANDLER_PORT")
             .env("RUST_LOG", "info")

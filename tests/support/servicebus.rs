@@ -67,6 +67,7 @@ struct Shared {
     captured: Vec<Captured>,
     attempts: usize,
     batches: usize,
+    duplicates: usize,
     rejections: Vec<String>,
 }
 
@@ -110,6 +111,11 @@ impl FakeServiceBus {
     /// Sends seen, accepted or not.
     pub fn attempts(&self) -> usize {
         self.shared.lock().unwrap().attempts
+    }
+
+    /// Messages dropped by duplicate detection.
+    pub fn duplicates(&self) -> usize {
+        self.shared.lock().unwrap().duplicates
     }
 
     /// Batch sends accepted.
@@ -214,6 +220,12 @@ async fn send(
         .map(|(name, value)| (name.as_str().to_owned(), value.to_str().unwrap_or("").to_owned()))
         .collect();
     let mut s = shared.lock().unwrap();
+    // The topic has duplicate detection on (infra/servicebus.tf): a MessageId seen before is
+    // acknowledged and dropped.
+    if s.captured.iter().any(|c| c.broker_properties["MessageId"] == broker_properties["MessageId"]) {
+        s.duplicates += 1;
+        return StatusCode::CREATED.into_response();
+    }
     let sequence_number = s.captured.len() as i64 + 1;
     let enqueued_time_utc =
         time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
@@ -248,6 +260,13 @@ fn capture_batch(shared: &Mutex<Shared>, body: &[u8]) -> Response {
     let mut s = shared.lock().unwrap();
     s.batches += 1;
     for item in items {
+        if s.captured
+            .iter()
+            .any(|c| c.broker_properties["MessageId"] == item["BrokerProperties"]["MessageId"])
+        {
+            s.duplicates += 1;
+            continue;
+        }
         let sequence_number = s.captured.len() as i64 + 1;
         let enqueued_time_utc =
             time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
