@@ -79,7 +79,11 @@ locals {
     RETRY_BACKOFF_MS     = tostring(var.retry_backoff_ms)
     RETRY_BACKOFF_MAX_MS = tostring(var.retry_backoff_max_ms)
     SHUTDOWN_GRACE_SECS  = tostring(var.shutdown_grace_secs)
-    RUST_LOG             = var.log_level
+    # A store outage is waited out inside an invocation this long before the host redelivers:
+    # with 10 deliveries, Cosmos DB may be away ~5 minutes before anything is dead-lettered.
+    # Well inside the Service Bus lock (auto-renewed by the host) and the function timeout.
+    CONSUME_RETRY_BUDGET_MS = "30000"
+    RUST_LOG                = var.log_level
 
     # Telemetry: metrics reach Application Insights once a minute, which the alert and SLO
     # windows in alerts.tf and slo.tf assume (the shortest, 5 minutes, sees five exports).

@@ -12,13 +12,14 @@
 //! - [`server`]: the HTTP/1.1 server with its limits (connections, header size and time).
 //! - [`domain`]: the user record and its parsing; pure.
 //! - [`routes`]: one module per Functions function, and the API's one error type.
-//! - [`broker`]: the [`broker::Publisher`] trait and the embedded SQLite topic.
-//! - [`store`]: the [`store::UserStore`] trait and the embedded SQLite document store.
+//! - [`broker`]: the [`broker::Publisher`] trait, the embedded SQLite topic and the Service Bus
+//!   publisher; dead letters for operators.
+//! - [`store`]: the [`store::UserStore`] trait, the embedded SQLite document store and Cosmos DB.
 //! - [`consume`]: the consume step shared by `POST /ingest-consume` and the worker.
-//! - [`worker`]: drains the embedded topic with retries and dead-lettering.
+//! - [`worker`]: drains the embedded topic; waits out store outages, parks poison messages.
 //! - [`telemetry`]: JSON logs on stdout, metrics (`/metrics`, `/status`), Application Insights.
-//! - [`cli`]: the other commands: `import` (a client of the API), the operator's `get` and
-//!   `export` (read the store directly) and `completions`.
+//! - [`cli`]: the other commands: `import` (a client of the API), the operator's `get`,
+//!   `export` and `deadletters` (read the stores directly) and `completions`.
 
 pub mod app;
 pub mod broker;
