@@ -17,12 +17,12 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{ServiceBusPublisher, SqliteQueue};
+use crate::broker::{DeadLetterStore, Publisher, ServiceBusPublisher, SqliteQueue};
 use crate::clock::SystemClock;
 use crate::config::{Backend, Config, CosmosConfig};
 use crate::consume::Consumer;
 use crate::routes::{self, AppState};
-use crate::store::{CosmosStores, SqliteUserStore};
+use crate::store::{CosmosStores, SqliteUserStore, UserStore};
 use crate::telemetry::metrics;
 use crate::worker::{self, WorkerConfig};
 
@@ -53,11 +53,23 @@ pub fn open_embedded(config: &Config) -> anyhow::Result<Embedded> {
         SqliteUserStore::open(&store_path)
             .with_context(|| format!("cannot open the store {}", store_path.display()))?,
     );
-    let state = AppState {
-        publisher: queue.clone(),
-        store: store.clone(),
-        dead_letters: queue.clone(),
-        consumer: Consumer::new(store),
+    let state = app_state(config, queue.clone(), store.clone(), queue.clone(), "embedded");
+    Ok(Embedded { state, queue })
+}
+
+/// The router's state over the given adapters, with the limits of `config`.
+fn app_state(
+    config: &Config,
+    publisher: Arc<dyn Publisher>,
+    store: Arc<dyn UserStore>,
+    dead_letters: Arc<dyn DeadLetterStore>,
+    backend: &'static str,
+) -> AppState {
+    AppState {
+        publisher,
+        consumer: Consumer::new(store.clone()),
+        store,
+        dead_letters,
         clock: Arc::new(SystemClock),
         max_record_bytes: config.max_record_bytes,
         max_batch_bytes: config.max_batch_bytes,
@@ -67,9 +79,8 @@ pub fn open_embedded(config: &Config) -> anyhow::Result<Embedded> {
         max_delivery_count: config.max_delivery_count,
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
         api_key: config.api_key.clone(),
-        backend: "embedded",
-    };
-    Ok(Embedded { state, queue })
+        backend,
+    }
 }
 
 /// What `build` opened: the state for the router, and the embedded queue for the worker.
@@ -91,22 +102,7 @@ pub async fn build(config: &Config, stop: &CancellationToken) -> anyhow::Result<
         Backend::Azure(Ok(azure)) => {
             let publisher = Arc::new(ServiceBusPublisher::new(&azure.servicebus)?);
             let cosmos = connect_cosmos(&azure.cosmos, stop).await?;
-            let state = AppState {
-                publisher,
-                store: cosmos.users.clone(),
-                dead_letters: cosmos.dead_letters.clone(),
-                consumer: Consumer::new(cosmos.users),
-                clock: Arc::new(SystemClock),
-                max_record_bytes: config.max_record_bytes,
-                max_batch_bytes: config.max_batch_bytes,
-                max_batch_records: config.max_batch_records,
-                body_timeout: config.body_timeout,
-                consume_retry_budget: config.consume_retry_budget,
-                max_delivery_count: config.max_delivery_count,
-                in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
-                api_key: config.api_key.clone(),
-                backend: "azure",
-            };
+            let state = app_state(config, publisher, cosmos.users, cosmos.dead_letters, "azure");
             Ok(Backends { state, queue: None })
         }
     }

@@ -109,8 +109,18 @@ impl Consumer {
 
 /// Decodes and checks a message again: the topic may carry messages from other producers.
 fn check(delivery: &Delivery) -> Result<UserDocument, String> {
-    let value = decode(&delivery.body)?;
-    UserDocument::from_message(value, &delivery.message_id, delivery.enqueued_at).map_err(|errors| {
+    check_message(&delivery.body, &delivery.message_id, delivery.enqueued_at)
+}
+
+/// The document the consumer stores for a message, or why it parks the message: also what an
+/// operator's replay checks before it republishes a dead letter.
+pub fn check_message(
+    body: &MessageBody,
+    message_id: &str,
+    enqueued_at: OffsetDateTime,
+) -> Result<UserDocument, String> {
+    let value = decode(body)?;
+    UserDocument::from_message(value, message_id, enqueued_at).map_err(|errors| {
         let fields: Vec<String> =
             errors
                 .iter()

@@ -7,42 +7,15 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use data_ingestion_api::broker::{DeadLetter, DeadLetterStore, OutgoingMessage, Publisher, SqliteQueue};
-use data_ingestion_api::config::SETTINGS;
 use serde_json::{json, Value};
 use support::cosmos::CosmosServer;
 use support::servicebus::FakeServiceBus;
-use support::{blocking_client, dead_letters, eventually, wait_for_user, TestServer, BIN};
-
-/// Runs the binary with `env` as its only settings (the machine's DATA_DIR or INGEST_BACKEND
-/// must not leak in).
-fn run(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
-    let mut command = Command::new(BIN);
-    command.args(args).current_dir(cwd);
-    for setting in SETTINGS {
-        command.env_remove(setting.name);
-    }
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.output().expect("cannot run the binary")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        text(&output.stdout),
-        text(&output.stderr)
-    )
-}
+use support::{blocking_client, dead_letters, eventually, wait_for_user, TestServer};
+use support::{describe, run_cli as run, text};
 
 /// Runs a command that must exit with `code`, and returns its output.
 fn expect(code: i32, args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {

@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use data_ingestion_api::config::SETTINGS;
@@ -14,33 +14,7 @@ use serde_json::Value;
 use support::cosmos::CosmosServer;
 use support::servicebus::FakeServiceBus;
 use support::{blocking_client, post_user, TestServer, BIN};
-
-/// Runs the binary in `cwd` with `env` as its only settings: the ones of the machine running
-/// the tests (a DATA_DIR, an INGEST_BACKEND) must not leak in.
-fn run(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> Output {
-    let mut command = Command::new(BIN);
-    command.args(args).current_dir(cwd);
-    for setting in SETTINGS {
-        command.env_remove(setting.name);
-    }
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.output().expect("cannot run the binary")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        text(&output.stdout),
-        text(&output.stderr)
-    )
-}
+use support::{describe, run_cli as run, text};
 
 /// Posts `file` to the service with the `import` command and asserts every record was accepted.
 fn import(server: &TestServer, file: &Path, cwd: &Path, expected: usize) {

@@ -27,8 +27,8 @@ use crate::broker::{
     DeadLetterAdmin, ParkedMessage, Publisher, Replay, Replayed, ServiceBusPublisher, SqliteDeadLetters,
 };
 use crate::config::Backend;
-use crate::consume::{decode, MessageBody};
-use crate::domain::{UserDocument, UserId};
+use crate::consume::MessageBody;
+use crate::domain::UserId;
 use crate::store::CosmosDeadLetterAdmin;
 
 pub const AFTER_HELP: &str = "\
@@ -484,22 +484,8 @@ fn pretty_json(text: &[u8]) -> Option<String> {
 /// The user the consumer will store from `body` delivered as message `message_id`, or why it
 /// will park it again: the consumer's own decoding and checks.
 fn check(body: &[u8], message_id: &str) -> Result<UserId, String> {
-    let value = decode(&MessageBody::Bytes(body.to_vec()))?;
-    UserDocument::from_message(value, message_id, OffsetDateTime::now_utc()).map(|doc| doc.id).map_err(
-        |errors| {
-            let fields: Vec<String> = errors
-                .iter()
-                .map(|e| {
-                    if e.field.is_empty() {
-                        e.message.clone()
-                    } else {
-                        format!("{}: {}", e.field, e.message)
-                    }
-                })
-                .collect();
-            format!("invalid user record: {}", fields.join("; "))
-        },
-    )
+    crate::consume::check_message(&MessageBody::Bytes(body.to_vec()), message_id, OffsetDateTime::now_utc())
+        .map(|doc| doc.id)
 }
 
 /// The ids given, each once, in order.

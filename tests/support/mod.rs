@@ -270,3 +270,31 @@ pub fn stored(data_dir: &Path) -> u64 {
     let conn = rusqlite::Connection::open(data_dir.join("users.db")).unwrap();
     conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get::<_, i64>(0)).unwrap() as u64
 }
+
+/// Runs the binary in `cwd` with `env` as its only settings: the ones of the machine running
+/// the tests (a DATA_DIR, an INGEST_BACKEND) must not leak in.
+pub fn run_cli(args: &[&str], env: &[(&str, &str)], cwd: &Path) -> std::process::Output {
+    let mut command = Command::new(BIN);
+    command.args(args).current_dir(cwd);
+    for setting in data_ingestion_api::config::SETTINGS {
+        command.env_remove(setting.name);
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("cannot run the binary")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A command's exit status and output, for assertion messages.
+pub fn describe(output: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr)
+    )
+}
