@@ -21,7 +21,7 @@ use crate::broker::{DeadLetterStore, Publisher, ServiceBusPublisher, SqliteQueue
 use crate::clock::SystemClock;
 use crate::config::{Backend, Config, CosmosConfig};
 use crate::consume::Consumer;
-use crate::routes::{self, AppState};
+use crate::routes::{self, AppState, Shared};
 use crate::store::{CosmosStores, SqliteUserStore, UserStore};
 use crate::telemetry::metrics;
 use crate::worker::{self, WorkerConfig};
@@ -65,7 +65,7 @@ fn app_state(
     dead_letters: Arc<dyn DeadLetterStore>,
     backend: &'static str,
 ) -> AppState {
-    AppState {
+    AppState::new(Shared {
         publisher,
         consumer: Consumer::new(store.clone()),
         store,
@@ -80,7 +80,7 @@ fn app_state(
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
         api_key: config.api_key.clone(),
         backend,
-    }
+    })
 }
 
 /// What `build` opened: the state for the router, and the embedded queue for the worker.

@@ -33,9 +33,27 @@ pub const CONSUME_PATH: &str = "/ingest-consume";
 /// base64'd and wrapped in the host's JSON, with room to spare.
 const MAX_INVOCATION_BYTES: usize = 4 * 1024 * 1024;
 
-/// Everything the handlers share; cheap to clone.
+/// Everything the handlers share: one allocation, so the clone each extractor and middleware
+/// makes per request is one reference count, not a dozen.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     pub publisher: Arc<dyn Publisher>,
     pub store: Arc<dyn UserStore>,
     pub dead_letters: Arc<dyn DeadLetterStore>,
@@ -71,8 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route(CONSUME_PATH, post(consume::consume).layer(DefaultBodyLimit::max(MAX_INVOCATION_BYTES)))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), limit_in_flight))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), require_key))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(axum::middleware::from_fn(access_log))
         .with_state(state)
 }
@@ -110,49 +127,34 @@ async fn access_log(request: Request, next: Next) -> axum::response::Response {
     response
 }
 
-/// With `INGEST_API_KEY` set, a request must carry the key as the Functions host's keys are
-/// carried: an `x-functions-key` header or a `code` query parameter. The probes (`GET /`,
-/// `GET /api/health`) need none. The comparison takes the same time wherever it differs.
-async fn require_key(
+/// The gate every request but the probes (`GET /`, `GET /api/health`) passes, in one layer:
+/// - with `INGEST_API_KEY` set, the key, carried as the Functions host's keys are: an
+///   `x-functions-key` header or a `code` query parameter (compared in the same time wherever
+///   it differs);
+/// - past `MAX_IN_FLIGHT` requests being handled, 503 with Retry-After before any work is
+///   done: a bounded amount of work and a clear signal to back off, instead of latency that
+///   grows until everything times out.
+async fn guard(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: Request,
     next: Next,
 ) -> axum::response::Response {
-    let Some(key) = &state.api_key else { return next.run(request).await };
-    let path = request.uri().path();
-    if path == "/" || path == "/api/health" {
-        return next.run(request).await;
-    }
-    let from_header = request.headers().get("x-functions-key").map(|v| v.as_bytes().to_vec());
-    let from_query = request.uri().query().and_then(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "code")
-            .map(|(_, v)| v.as_bytes().to_vec())
-    });
-    let given = from_header.or(from_query);
-    if given.as_deref().is_some_and(|g| same(g, key.expose().as_bytes())) {
-        return next.run(request).await;
-    }
     use axum::response::IntoResponse;
-    ApiError::Unauthorized { missing: given.is_none() }.into_response()
-}
-
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Past `MAX_IN_FLIGHT` requests being handled, a request is refused with 503 and
-/// Retry-After before any work is done: a bounded queue of work, and a clear signal to
-/// back off, instead of latency that grows until everything times out. The host's
-/// readiness probe and the health check are never refused.
-async fn limit_in_flight(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    request: Request,
-    next: Next,
-) -> axum::response::Response {
     let path = request.uri().path();
     if path == "/" || path == "/api/health" {
         return next.run(request).await;
+    }
+    if let Some(key) = &state.api_key {
+        let from_header = request.headers().get("x-functions-key").map(|v| v.as_bytes().to_vec());
+        let from_query = request.uri().query().and_then(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "code")
+                .map(|(_, v)| v.as_bytes().to_vec())
+        });
+        let given = from_header.or(from_query);
+        if !given.as_deref().is_some_and(|g| same(g, key.expose().as_bytes())) {
+            return ApiError::Unauthorized { missing: given.is_none() }.into_response();
+        }
     }
     match state.in_flight.clone().try_acquire_owned() {
         Ok(permit) => {
@@ -160,11 +162,12 @@ async fn limit_in_flight(
             drop(permit);
             response
         }
-        Err(_) => {
-            use axum::response::IntoResponse;
-            ApiError::Overloaded { retry_after: std::time::Duration::from_secs(1) }.into_response()
-        }
+        Err(_) => ApiError::Overloaded { retry_after: std::time::Duration::from_secs(1) }.into_response(),
     }
+}
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The host's readiness probe: any answer counts, so answer at once.
