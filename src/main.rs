@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use data_ingestion_api::cli::{completions, deadletters, export, get, import, store_settings_help};
+use data_ingestion_api::cli::{completions, deadletters, export, get, import, restore, store_settings_help};
 use data_ingestion_api::{app, config, telemetry};
 
 const LONG_ABOUT: &str = "\
@@ -56,15 +56,16 @@ enum Command {
         after_long_help = serve_settings_help()
     )]
     Serve(ServeArgs),
-    /// Post the records of an NDJSON or JSON-array file to a running service.
-    #[command(
-        long_about = "Post the records of an NDJSON file (one record per line) or a JSON array to \
-            a running service, through its API, with bounded concurrency. 429 and 503 are retried \
-            honouring Retry-After. The id of every accepted record goes to FILE.accepted.ndjson, \
-            every rejected record with its errors to FILE.rejected.ndjson (in the current \
-            directory); the exit status is non-zero when anything was not accepted.",
-        after_help = IMPORT_EXAMPLES
-    )]
+    /// Send the records of an NDJSON, JSON-array or CSV file to a running service, in batches.
+    #[command(long_about = "Send the records of an NDJSON file (one record per line), a JSON array or a \
+            CSV file to a running service, through its API, in batches of up to 500 records \
+            (--batch-size 1: one by one), a few in flight. A record without an id gets one derived \
+            from the file and its position, so a retry, a resumed run or a second import never \
+            duplicates a user; 429, 503 and connection failures are retried honouring Retry-After. \
+            Progress is saved to FILE.checkpoint: run the same command again after an interruption \
+            to carry on (--restart starts over). The id of every accepted record goes to \
+            FILE.accepted.ndjson, every rejected record with its errors to FILE.rejected.ndjson (in \
+            the current directory); the exit status is non-zero when anything was not accepted.")]
     Import(import::ImportArgs),
     /// Print one stored user, read from the store directly.
     #[command(
@@ -88,6 +89,13 @@ enum Command {
         after_long_help = format!("{}\n\n{}", export::AFTER_HELP, store_settings_help())
     )]
     Export(export::ExportArgs),
+    /// Write the users of an export back into a store, exactly as they were.
+    #[command(
+        long_about = "Write the users of an export (NDJSON as `export` writes it) into the store             DIRECTLY, exactly as they were — ingestedAt included, which the API sets itself. The             store is the one `serve` would use (DATA_DIR, created if missing, or Cosmos DB when             INGEST_BACKEND=azure). Each line is checked as the API checks a record; a user the             store holds in a newer version is left as it is.",
+        after_help = restore::AFTER_HELP,
+        after_long_help = format!("{}\n\n{}", restore::AFTER_HELP, store_settings_help())
+    )]
+    Restore(restore::RestoreArgs),
     /// List, show, replay or purge the messages the pipeline parked (dead letters).
     #[command(
         long_about = "List, show, replay or purge the messages the pipeline parked, with the reason \
@@ -114,11 +122,6 @@ const SERVE_EXAMPLES: &str = "\
 Examples:
   data-ingestion-api serve --port 8080 --data-dir /var/lib/ingest
   INGEST_BACKEND=azure COSMOS_ENDPOINT=… SERVICEBUS_CONNECTION_STRING=… data-ingestion-api serve";
-
-const IMPORT_EXAMPLES: &str = "\
-Examples:
-  data-ingestion-api import tests/data/users.ndjson
-  data-ingestion-api import users.json --url https://ingest.example.net --api-key \"$KEY\" --concurrency 64";
 
 /// `serve --help`: the examples, then every setting with its default, from [`config::SETTINGS`].
 fn serve_settings_help() -> String {
@@ -151,6 +154,7 @@ fn main() -> ExitCode {
         Some(Command::Import(args)) => import::main(args),
         Some(Command::Get(args)) => get::main(args),
         Some(Command::Export(args)) => export::main(args),
+        Some(Command::Restore(args)) => restore::main(args),
         Some(Command::Deadletters(args)) => deadletters::main(args),
         Some(Command::Completions(args)) => completions::main(args, Cli::command()),
         Some(Command::Serve(args)) => serve(args),

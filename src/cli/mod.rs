@@ -3,6 +3,7 @@
 //! - [`import`]: posts a file of records to a running service, through the API.
 //! - [`get`] and [`export`]: read the store DIRECTLY, with the configuration `serve` reads
 //!   (the embedded store read-only, so they work while the service runs).
+//! - [`restore`]: writes an export back into a store directly, `ingestedAt` included.
 //! - [`deadletters`]: lists, shows, replays and purges parked messages, in the embedded queue
 //!   or the Cosmos DB dead-letter container (replays go through Service Bus there).
 //! - [`completions`]: shell completion scripts.
@@ -15,6 +16,7 @@ pub mod deadletters;
 pub mod export;
 pub mod get;
 pub mod import;
+pub mod restore;
 
 use std::path::PathBuf;
 use std::sync::Arc;
