@@ -115,9 +115,7 @@ fn a_batch_goes_to_service_bus_in_batch_sends_under_the_size_limit_and_on_to_cos
     let cosmos = CosmosServer::start();
     let servicebus = FakeServiceBus::start("users");
     let dir = tempfile::tempdir().unwrap();
-    let env = cosmos.azure_env(&servicebus);
-    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = TestServer::start(dir.path(), &vars);
+    let server = cosmos.start_service(&servicebus, dir.path(), &[]);
     let client = blocking_client();
 
     // 400 records of ~2 KiB: ~800 KiB, more than three sends' worth.
@@ -167,10 +165,7 @@ fn when_service_bus_fails_midway_only_the_records_not_yet_durable_are_reported_f
     let cosmos = CosmosServer::start();
     let servicebus = FakeServiceBus::start("users");
     let dir = tempfile::tempdir().unwrap();
-    let env = cosmos.azure_env(&servicebus);
-    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    vars.push(("SERVICEBUS_MAX_ATTEMPTS", "1"));
-    let server = TestServer::start(dir.path(), &vars);
+    let server = cosmos.start_service(&servicebus, dir.path(), &[("SERVICEBUS_MAX_ATTEMPTS", "1")]);
     let client = blocking_client();
     let padding = "w".repeat(2000);
     let records: Vec<Value> = (0..300)

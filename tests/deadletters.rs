@@ -316,7 +316,7 @@ fn azure_dead_letters_are_listed_shown_replayed_through_service_bus_and_purged()
     let cwd = dir.path();
     let service_env = cosmos.azure_env(&servicebus);
     let vars: Vec<(&str, &str)> = service_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = TestServer::start(&cwd.join("data"), &vars);
+    let server = cosmos.start_service(&servicebus, &cwd.join("data"), &[]);
     let client = blocking_client();
     // The operator's shell: Cosmos settings to read, the Service Bus ones only to replay.
     let cosmos_env: Vec<(&str, &str)> =

@@ -284,7 +284,7 @@ fn against_cosmos_export_pages_through_the_whole_container_and_get_reads_one_use
     let dir = tempfile::tempdir().unwrap();
     let env = cosmos.azure_env(&servicebus);
     let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = TestServer::start(&dir.path().join("data"), &vars);
+    let server = cosmos.start_service(&servicebus, &dir.path().join("data"), &[]);
     let client = blocking_client();
 
     // 23 users through the pipeline: POST, then the host's invocation per captured message.

@@ -93,9 +93,7 @@ fn through_service_bus_a_retry_reuses_the_message_id_so_duplicate_detection_drop
     let cosmos = CosmosServer::start();
     let servicebus = FakeServiceBus::start("users");
     let dir = tempfile::tempdir().unwrap();
-    let env = cosmos.azure_env(&servicebus);
-    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let server = TestServer::start(dir.path(), &vars);
+    let server = cosmos.start_service(&servicebus, dir.path(), &[]);
     let record = json!({"name": "Bus Once", "email": "bus@example.com"});
     let (status, first, _) = post(&server, Some("sb-key-1"), &record);
     assert_eq!(status, 202);

@@ -69,6 +69,19 @@ impl CosmosServer {
         self.requests().into_iter().filter(|r| r["resource"] == "docs").collect()
     }
 
+    /// The binary in azure mode against this server and `servicebus`, with `extra` settings.
+    pub fn start_service(
+        &self,
+        servicebus: &super::servicebus::FakeServiceBus,
+        data_dir: &Path,
+        extra: &[(&str, &str)],
+    ) -> super::TestServer {
+        let env = self.azure_env(servicebus);
+        let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        vars.extend_from_slice(extra);
+        super::TestServer::start(data_dir, &vars)
+    }
+
     /// Environment for the binary in azure mode against this server and a Service Bus endpoint.
     pub fn azure_env(&self, servicebus: &super::servicebus::FakeServiceBus) -> Vec<(String, String)> {
         [
