@@ -116,6 +116,28 @@ resource "azurerm_cosmosdb_sql_container" "deadletters" {
   }
 }
 
+# Idempotency-Keys: one document per key, claimed with a create (409 when the key is taken),
+# each with a `ttl` of one day that the app sets; default_ttl = -1 turns per-item TTL on
+# without expiring anything that has none. Point reads and creates only: no index.
+resource "azurerm_cosmosdb_sql_container" "idempotency" {
+  name                = var.cosmos_idempotency_container_name
+  resource_group_name = azurerm_resource_group.main.name
+  account_name        = azurerm_cosmosdb_account.main.name
+  database_name       = azurerm_cosmosdb_sql_database.main.name
+
+  partition_key_paths   = ["/id"]
+  partition_key_version = 2
+  default_ttl           = -1
+
+  indexing_policy {
+    indexing_mode = "consistent"
+
+    excluded_path {
+      path = "/*"
+    }
+  }
+}
+
 # The app's identity may read and write items in this database only (not other databases of
 # the account, not the account's settings or keys).
 resource "azurerm_cosmosdb_sql_role_assignment" "function_app_data_contributor" {

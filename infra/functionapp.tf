@@ -102,12 +102,13 @@ locals {
 
     # The store. cosmos.tf creates the database and containers (a data-plane role could not),
     # so the binary must not try.
-    COSMOS_ENDPOINT             = azurerm_cosmosdb_account.main.endpoint
-    COSMOS_DATABASE             = azurerm_cosmosdb_sql_database.main.name
-    COSMOS_CONTAINER            = azurerm_cosmosdb_sql_container.users.name
-    COSMOS_DEADLETTER_CONTAINER = azurerm_cosmosdb_sql_container.deadletters.name
-    COSMOS_CREATE_IF_MISSING    = "false"
-    COSMOS_TIMEOUT_MS           = tostring(var.cosmos_timeout_ms)
+    COSMOS_ENDPOINT              = azurerm_cosmosdb_account.main.endpoint
+    COSMOS_DATABASE              = azurerm_cosmosdb_sql_database.main.name
+    COSMOS_CONTAINER             = azurerm_cosmosdb_sql_container.users.name
+    COSMOS_DEADLETTER_CONTAINER  = azurerm_cosmosdb_sql_container.deadletters.name
+    COSMOS_IDEMPOTENCY_CONTAINER = azurerm_cosmosdb_sql_container.idempotency.name
+    COSMOS_CREATE_IF_MISSING     = "false"
+    COSMOS_TIMEOUT_MS            = tostring(var.cosmos_timeout_ms)
   }
 
   # Only with cosmos_auth = "key": an absent COSMOS_KEY makes the binary use the app's managed

@@ -57,10 +57,11 @@ output "cosmos_database_name" {
 }
 
 output "cosmos_containers" {
-  description = "Containers of the user documents and of the dead letters."
+  description = "Containers of the user documents, the dead letters and the Idempotency-Keys."
   value = {
     users       = azurerm_cosmosdb_sql_container.users.name
     deadletters = azurerm_cosmosdb_sql_container.deadletters.name
+    idempotency = azurerm_cosmosdb_sql_container.idempotency.name
   }
 }
 

@@ -233,6 +233,23 @@ variable "cosmos_deadletter_container_name" {
   }
 }
 
+variable "cosmos_idempotency_container_name" {
+  description = "Container where Idempotency-Keys are claimed, one document per key kept a day (COSMOS_IDEMPOTENCY_CONTAINER)."
+  type        = string
+  default     = "idempotency"
+  nullable    = false
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$", var.cosmos_idempotency_container_name))
+    error_message = "cosmos_idempotency_container_name must be 1-63 letters, digits, '_' or '-', starting with a letter or digit."
+  }
+
+  validation {
+    condition     = var.cosmos_idempotency_container_name != var.cosmos_container_name && var.cosmos_idempotency_container_name != var.cosmos_deadletter_container_name
+    error_message = "cosmos_idempotency_container_name must differ from the users and dead-letter container names."
+  }
+}
+
 # --- The Function App --------------------------------------------------------------------------
 
 variable "max_record_bytes" {

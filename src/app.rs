@@ -100,8 +100,9 @@ pub async fn build(config: &Config, stop: &CancellationToken) -> anyhow::Result<
         }
         Backend::Azure(Err(why)) => Err(anyhow::anyhow!("invalid Azure configuration: {why}")),
         Backend::Azure(Ok(azure)) => {
-            let publisher = Arc::new(ServiceBusPublisher::new(&azure.servicebus)?);
             let cosmos = connect_cosmos(&azure.cosmos, stop).await?;
+            let publisher =
+                Arc::new(ServiceBusPublisher::new(&azure.servicebus)?.with_ledger(cosmos.keys.clone()));
             let state = app_state(config, publisher, cosmos.users, cosmos.dead_letters, "azure");
             Ok(Backends { state, queue: None })
         }
@@ -188,7 +189,7 @@ pub async fn serve(
     let worker = match (&backends.queue, config.worker) {
         (Some(queue), true) => {
             let worker_config = WorkerConfig { retry_base: config.retry_base, retry_max: config.retry_max };
-            Some(tokio::spawn(worker::run(
+            Some(tokio::spawn(worker::supervise(
                 queue.clone(),
                 backends.state.consumer.clone(),
                 worker_config,

@@ -167,6 +167,11 @@ pub const SETTINGS: &[Setting] = &[
         description: "azure: the container where `/ingest-consume` parks messages that can never succeed, partition key `/id`.",
     },
     Setting {
+        name: "COSMOS_IDEMPOTENCY_CONTAINER",
+        default: "idempotency",
+        description: "azure: the container where Idempotency-Keys are claimed (one document per key, kept a day), partition key `/id`.",
+    },
+    Setting {
         name: "COSMOS_TIMEOUT_MS",
         default: "5000",
         description: "azure: the most one Cosmos DB operation may take, throttling retries included.",
@@ -249,6 +254,7 @@ pub struct CosmosConfig {
     pub database: String,
     pub container: String,
     pub dead_letter_container: String,
+    pub idempotency_container: String,
     pub create_if_missing: bool,
     /// The most one operation may take, retries included.
     pub timeout: Duration,
@@ -567,6 +573,7 @@ impl AzureConfig {
             database: name("COSMOS_DATABASE", "ingestion")?,
             container: name("COSMOS_CONTAINER", "users")?,
             dead_letter_container: name("COSMOS_DEADLETTER_CONTAINER", "deadletters")?,
+            idempotency_container: name("COSMOS_IDEMPOTENCY_CONTAINER", "idempotency")?,
             create_if_missing,
             timeout: Duration::from_millis(cosmos_timeout),
         };
@@ -649,6 +656,7 @@ mod tests {
         assert_eq!(c.cosmos.database, "ingestion");
         assert_eq!(c.cosmos.container, "users");
         assert_eq!(c.cosmos.dead_letter_container, "deadletters");
+        assert_eq!(c.cosmos.idempotency_container, "idempotency");
         assert!(c.cosmos.key.is_none(), "no key means managed identity");
         assert!(!c.cosmos.create_if_missing);
     }

@@ -146,7 +146,6 @@ fn the_worker_parks_a_poison_message_and_keeps_going() {
             message_id: id.into(),
             correlation_id: None,
             body: body.into(),
-            request_hash: None,
         };
         queue
             .publish(vec![

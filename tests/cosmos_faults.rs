@@ -25,6 +25,7 @@ fn config(server: &CosmosServer, timeout_ms: u64) -> CosmosConfig {
         database: "ingestion".into(),
         container: "users".into(),
         dead_letter_container: "deadletters".into(),
+        idempotency_container: "idempotency".into(),
         create_if_missing: true,
         timeout: Duration::from_millis(timeout_ms),
     }

@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{
-    BackendHealth, DeadLetter, DeadLetterStore, OutgoingMessage, PublishError, Publisher, QueuedMessage,
+    BackendHealth, DeadLetter, DeadLetterStore, OutgoingMessage, Publication, PublishError, Publisher,
+    QueuedMessage, RequestKey, IDEMPOTENCY_WINDOW,
 };
 
 /// Commands waiting beyond this are refused with 503 rather than queued in memory.
@@ -24,8 +25,8 @@ const MAX_PENDING_COMMANDS: usize = 8192;
 /// The most commands one commit takes.
 const MAX_GROUP: usize = 1024;
 const RETRY_AFTER: Duration = Duration::from_secs(1);
-/// How long an Idempotency-Key is remembered.
-pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// How often the writer forgets Idempotency-Keys older than [`IDEMPOTENCY_WINDOW`].
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -39,10 +40,12 @@ CREATE TABLE IF NOT EXISTS messages (
     last_error      TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_visible ON messages (visible_at_ms, sequence);
--- Message ids published under an Idempotency-Key, with the request they came from: a repeat
--- is dropped, as Service Bus duplicate detection drops it in Azure.
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    message_id    TEXT PRIMARY KEY,
+-- Idempotency-Keys, each with the digest of the request that claimed it. A key is claimed in
+-- the transaction that inserts its request's messages: a retry (same digest) publishes
+-- nothing, another request under the key (another digest) is refused.
+DROP TABLE IF EXISTS idempotency_keys;
+CREATE TABLE IF NOT EXISTS idempotency_requests (
+    key           TEXT PRIMARY KEY,
     request_hash  TEXT NOT NULL,
     created_ns    INTEGER NOT NULL
 );
@@ -80,14 +83,24 @@ pub struct QueueStats {
 }
 
 enum Command {
-    Publish(Vec<OutgoingMessage>),
+    Publish(Vec<OutgoingMessage>, Option<RequestKey>),
     Settle(Vec<Settlement>),
     Park(DeadLetter),
 }
 
+/// What a committed command did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    Applied,
+    /// A publish under a key already claimed by this very request: nothing inserted.
+    Replayed,
+    /// A publish under a key claimed by another request: nothing inserted.
+    KeyReused,
+}
+
 struct Job {
     command: Command,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<Done, String>>,
 }
 
 /// The embedded topic + subscription.
@@ -102,11 +115,7 @@ impl SqliteQueue {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let writer = open_connection(path)?;
         writer.execute_batch(SCHEMA)?;
-        // Idempotency keys are honoured for a day (Service Bus: its duplicate-detection window).
-        writer.execute(
-            "DELETE FROM idempotency_keys WHERE created_ns < ?1",
-            [now_ns() as i64 - IDEMPOTENCY_WINDOW.as_nanos() as i64],
-        )?;
+        prune_keys(&writer)?;
         let reader = open_connection(path)?;
         let (jobs, receiver) = mpsc::channel(MAX_PENDING_COMMANDS);
         let published = Arc::new(Notify::new());
@@ -154,17 +163,6 @@ impl SqliteQueue {
         .await
     }
 
-    /// The request hash recorded for a message id published under an Idempotency-Key.
-    pub async fn recorded(&self, message_id: &str) -> Result<Option<String>, PublishError> {
-        let message_id = message_id.to_owned();
-        self.read(move |conn| {
-            conn.prepare_cached("SELECT request_hash FROM idempotency_keys WHERE message_id = ?1")?
-                .query_row([message_id], |row| row.get(0))
-                .optional()
-        })
-        .await
-    }
-
     pub async fn stats(&self) -> Result<QueueStats, PublishError> {
         self.read(|conn| {
             let depth: i64 =
@@ -181,17 +179,17 @@ impl SqliteQueue {
         if settlements.is_empty() {
             return Ok(());
         }
-        self.submit(Command::Settle(settlements)).await
+        self.submit(Command::Settle(settlements)).await.map(drop)
     }
 
-    async fn submit(&self, command: Command) -> Result<(), PublishError> {
+    async fn submit(&self, command: Command) -> Result<Done, PublishError> {
         let (done, answer) = oneshot::channel();
         self.jobs.try_send(Job { command, done }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => PublishError::Overloaded { retry_after: RETRY_AFTER },
             mpsc::error::TrySendError::Closed(_) => unavailable("the queue is shutting down".into()),
         })?;
         match answer.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(done)) => Ok(done),
             Ok(Err(reason)) => Err(unavailable(reason)),
             Err(_) => Err(unavailable("the queue writer stopped".into())),
         }
@@ -215,11 +213,18 @@ impl SqliteQueue {
 #[async_trait]
 impl Publisher for SqliteQueue {
     async fn publish(&self, messages: Vec<OutgoingMessage>) -> Result<(), PublishError> {
-        self.submit(Command::Publish(messages)).await
+        self.submit(Command::Publish(messages, None)).await.map(drop)
     }
 
-    async fn recorded_request(&self, message_id: &str) -> Result<Option<String>, PublishError> {
-        self.recorded(message_id).await
+    /// All or nothing: one transaction claims the key and inserts the messages.
+    async fn publish_request(&self, messages: Vec<OutgoingMessage>, key: Option<&RequestKey>) -> Publication {
+        let count = messages.len();
+        match self.submit(Command::Publish(messages, key.cloned())).await {
+            Ok(Done::Applied) => Publication::Sent { durable: count, error: None },
+            Ok(Done::Replayed) => Publication::Replayed,
+            Ok(Done::KeyReused) => Publication::KeyReused,
+            Err(e) => Publication::Sent { durable: 0, error: Some(e) },
+        }
     }
 
     async fn health(&self) -> BackendHealth {
@@ -242,7 +247,7 @@ impl Publisher for SqliteQueue {
 #[async_trait]
 impl DeadLetterStore for SqliteQueue {
     async fn park(&self, letter: DeadLetter) -> Result<(), PublishError> {
-        self.submit(Command::Park(letter)).await
+        self.submit(Command::Park(letter)).await.map(drop)
     }
 }
 
@@ -263,6 +268,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 fn write_loop(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, published: Arc<Notify>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     let mut synced = true;
+    let mut pruned = std::time::Instant::now();
     // Ends when every sender is gone: all accepted work has been committed and answered.
     while let Some(first) = jobs.blocking_recv() {
         group.push(first);
@@ -289,42 +295,89 @@ fn write_loop(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, published: Ar
             Err("the queue cannot sync its commits".to_owned())
         } else {
             commit_group(&mut conn, &group).map_err(|e| e.to_string())
+        };
+        let any_publish = match &result {
+            Ok(done) => {
+                done.contains(&Done::Applied)
+                    && group.iter().any(|j| matches!(j.command, Command::Publish(..)))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, commands = group.len(), "queue commit failed");
+                false
+            }
+        };
+        match result {
+            Ok(done) => {
+                for (job, done) in group.drain(..).zip(done) {
+                    let _ = job.done.send(Ok(done));
+                }
+            }
+            Err(e) => {
+                for job in group.drain(..) {
+                    let _ = job.done.send(Err(e.clone()));
+                }
+            }
         }
-        .map_err(|e| {
-            tracing::error!(error = %e, commands = group.len(), "queue commit failed");
-            e
-        });
-        let any_publish = group.iter().any(|job| matches!(job.command, Command::Publish(_)));
-        for job in group.drain(..) {
-            let _ = job.done.send(result.clone());
-        }
-        if result.is_ok() && any_publish {
+        if any_publish {
             published.notify_one();
+        }
+        if pruned.elapsed() >= PRUNE_EVERY {
+            pruned = std::time::Instant::now();
+            if let Err(e) = prune_keys(&conn) {
+                tracing::warn!(error = %e, "cannot forget expired idempotency keys");
+            }
         }
     }
 }
 
-fn commit_group(conn: &mut Connection, group: &[Job]) -> rusqlite::Result<()> {
+/// Forgets Idempotency-Keys older than [`IDEMPOTENCY_WINDOW`] (Service Bus keeps message ids
+/// for its duplicate-detection window; the Cosmos ledger for the same day).
+fn prune_keys(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.prepare_cached("DELETE FROM idempotency_requests WHERE created_ns < ?1")?
+        .execute([now_ns() as i64 - IDEMPOTENCY_WINDOW.as_nanos() as i64])
+}
+
+/// Claims `key` for its request inside `tx`: `Applied` when it was free (or expired).
+fn claim_key(tx: &rusqlite::Transaction<'_>, key: &RequestKey, now: i128) -> rusqlite::Result<Done> {
+    let expired = now as i64 - IDEMPOTENCY_WINDOW.as_nanos() as i64;
+    let claimed = tx
+        .prepare_cached(
+            "INSERT INTO idempotency_requests (key, request_hash, created_ns) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO UPDATE SET request_hash = excluded.request_hash, created_ns = excluded.created_ns
+             WHERE idempotency_requests.created_ns < ?4",
+        )?
+        .execute(params![key.key, key.request_hash, now as i64, expired])?;
+    if claimed == 1 {
+        return Ok(Done::Applied);
+    }
+    let recorded: String = tx
+        .prepare_cached("SELECT request_hash FROM idempotency_requests WHERE key = ?1")?
+        .query_row([&key.key], |row| row.get(0))?;
+    Ok(if recorded == key.request_hash { Done::Replayed } else { Done::KeyReused })
+}
+
+/// Commits the group in one transaction; returns what each command did, in order.
+fn commit_group(conn: &mut Connection, group: &[Job]) -> rusqlite::Result<Vec<Done>> {
     let tx = conn.transaction()?;
     let now = now_ns();
+    let mut outcomes = Vec::with_capacity(group.len());
     for job in group {
+        let mut done = Done::Applied;
         match &job.command {
-            Command::Publish(messages) => {
+            Command::Publish(messages, key) => {
+                if let Some(key) = key {
+                    done = claim_key(&tx, key, now)?;
+                    if done != Done::Applied {
+                        outcomes.push(done);
+                        continue;
+                    }
+                }
                 // A reused message id is dropped, as Service Bus duplicate detection does.
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO messages (message_id, correlation_id, body, enqueued_at_ns)
                      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (message_id) DO NOTHING",
                 )?;
-                let mut remember = tx.prepare_cached(
-                    "INSERT INTO idempotency_keys (message_id, request_hash, created_ns)
-                     VALUES (?1, ?2, ?3) ON CONFLICT (message_id) DO NOTHING",
-                )?;
                 for m in messages {
-                    if let Some(hash) = &m.request_hash {
-                        if remember.execute(params![m.message_id, hash, now as i64])? == 0 {
-                            continue; // published before under the same key
-                        }
-                    }
                     insert.execute(params![m.message_id, m.correlation_id, m.body.as_bytes(), now as i64])?;
                 }
             }
@@ -349,8 +402,10 @@ fn commit_group(conn: &mut Connection, group: &[Job]) -> rusqlite::Result<()> {
                 ])?;
             }
         }
+        outcomes.push(done);
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(outcomes)
 }
 
 fn settle_one(tx: &rusqlite::Transaction<'_>, settlement: &Settlement, now: i128) -> rusqlite::Result<()> {

@@ -27,9 +27,30 @@ pub struct OutgoingMessage {
     pub correlation_id: Option<String>,
     /// The user document as compact JSON.
     pub body: String,
-    /// For a request with an Idempotency-Key: a digest of the request, kept with the message
-    /// id so that a repeat is dropped (and one with another body recognised).
-    pub request_hash: Option<String>,
+}
+
+/// A request made under an `Idempotency-Key`: the key, and a digest of the request that
+/// tells a retry of it (same digest) from another request reusing the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    pub key: String,
+    pub request_hash: String,
+}
+
+/// How long an `Idempotency-Key` is remembered, in both backends.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// What became of a publish.
+#[derive(Debug)]
+pub enum Publication {
+    /// The leading `durable` messages are durable; `error` is what stopped the rest (None: all
+    /// are).
+    Sent { durable: usize, error: Option<PublishError> },
+    /// The key was used before for this very request, whose messages are durable: nothing
+    /// was sent again.
+    Replayed,
+    /// The key was used before for another request: nothing was sent.
+    KeyReused,
 }
 
 /// A message read back from the embedded subscription.
@@ -73,22 +94,38 @@ pub struct BackendHealth {
 pub trait Publisher: Send + Sync {
     /// Returns once every message is durable, or fails without any being acknowledged.
     async fn publish(&self, messages: Vec<OutgoingMessage>) -> Result<(), PublishError>;
-    /// Publishes in order, in as few requests as the topic allows. Returns how many of the
-    /// leading messages are durable, and the error that stopped the rest (None: all are).
-    /// By default all or nothing, through [`Publisher::publish`].
-    async fn publish_batch(&self, messages: Vec<OutgoingMessage>) -> (usize, Option<PublishError>) {
-        let count = messages.len();
-        match self.publish(messages).await {
-            Ok(()) => (count, None),
-            Err(e) => (0, Some(e)),
-        }
-    }
-    /// The request digest recorded with a message id published under an Idempotency-Key, if
-    /// the topic keeps one (the embedded queue does; Service Bus only drops duplicates).
-    async fn recorded_request(&self, _message_id: &str) -> Result<Option<String>, PublishError> {
-        Ok(None)
-    }
+    /// Publishes the messages of one request in order, in as few requests as the topic
+    /// allows. Under an Idempotency-Key the key is claimed for this request first, atomically:
+    /// of two concurrent requests with one key, exactly one publishes, and the other is a
+    /// replay (same digest) or refused (another digest).
+    async fn publish_request(&self, messages: Vec<OutgoingMessage>, key: Option<&RequestKey>) -> Publication;
     async fn health(&self) -> BackendHealth;
+}
+
+/// Where Service Bus's publisher records Idempotency-Keys (Service Bus only drops repeated
+/// message ids; it cannot tell a retry from another request reusing a key, nor answer which
+/// it was). In Azure: a Cosmos container ([`crate::store::CosmosKeyLedger`]).
+#[async_trait]
+pub trait KeyLedger: Send + Sync {
+    /// Claims the key for this request, atomically (a create that fails when the key exists).
+    async fn claim(&self, key: &RequestKey) -> Result<Claim, PublishError>;
+    /// Records that the request's messages are all durable, so a retry publishes nothing.
+    async fn mark_published(&self, key: &RequestKey) -> Result<(), PublishError>;
+}
+
+/// The state of a key when a request claims it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Free (or expired): this request holds it now.
+    New,
+    /// Held by this very request, not (yet) all published: an earlier try failed part way,
+    /// or one is in flight. Publishing again is safe: the message ids are the same, so
+    /// Service Bus drops what did land.
+    Pending,
+    /// Held by this very request, all published.
+    Published,
+    /// Held by another request.
+    Conflict,
 }
 
 /// A message that can never be stored, kept with its reason for an operator to repair and

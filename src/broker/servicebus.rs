@@ -19,7 +19,9 @@ use azure_messaging_servicebus::service_bus::{
     SendMessageOptions, SettableBrokerProperties, TopicClient, TopicSender,
 };
 
-use super::{BackendHealth, OutgoingMessage, PublishError, Publisher};
+use super::{
+    BackendHealth, Claim, KeyLedger, OutgoingMessage, Publication, PublishError, Publisher, RequestKey,
+};
 use crate::config::ServiceBusConfig;
 
 /// The version of the message body's schema, sent as the `schemaVersion` property so that
@@ -38,6 +40,8 @@ pub struct ServiceBusPublisher {
     max_attempts: u32,
     failures_in_a_row: AtomicU32,
     last_error: Mutex<Option<String>>,
+    /// Where Idempotency-Keys are claimed; without one, a request with a key is refused (503).
+    ledger: Option<Arc<dyn KeyLedger>>,
 }
 
 impl ServiceBusPublisher {
@@ -58,7 +62,36 @@ impl ServiceBusPublisher {
             max_attempts: config.max_attempts,
             failures_in_a_row: AtomicU32::new(0),
             last_error: Mutex::new(None),
+            ledger: None,
         })
+    }
+
+    /// Records Idempotency-Keys in `ledger`.
+    pub fn with_ledger(mut self, ledger: Arc<dyn KeyLedger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// One message: a plain send. More: REST batch sends of up to ~192 KB each, in order.
+    async fn send_all(&self, messages: &[OutgoingMessage]) -> (usize, Option<PublishError>) {
+        if let [message] = messages {
+            let result = self.send_one(message).await;
+            self.record(&result);
+            return match result {
+                Ok(()) => (1, None),
+                Err(e) => (0, Some(e)),
+            };
+        }
+        let mut durable = 0;
+        for run in batches(messages) {
+            let result = self.send_batch(run).await;
+            self.record(&result);
+            match result {
+                Ok(()) => durable += run.len(),
+                Err(e) => return (durable, Some(e)),
+            }
+        }
+        (durable, None)
     }
 
     async fn send_one(&self, message: &OutgoingMessage) -> Result<(), PublishError> {
@@ -191,32 +224,42 @@ fn batches(messages: &[OutgoingMessage]) -> Vec<&[OutgoingMessage]> {
 #[async_trait]
 impl Publisher for ServiceBusPublisher {
     async fn publish(&self, messages: Vec<OutgoingMessage>) -> Result<(), PublishError> {
-        for message in &messages {
-            let result = self.send_one(message).await;
-            self.record(&result);
-            result?;
+        match self.send_all(&messages).await {
+            (_, None) => Ok(()),
+            (_, Some(e)) => Err(e),
         }
-        Ok(())
     }
 
-    /// One message: a plain send. More: REST batch sends of up to ~192 KB each, in order.
-    async fn publish_batch(&self, messages: Vec<OutgoingMessage>) -> (usize, Option<PublishError>) {
-        if messages.len() == 1 {
-            return match self.publish(messages).await {
-                Ok(()) => (1, None),
-                Err(e) => (0, Some(e)),
-            };
-        }
-        let mut durable = 0;
-        for run in batches(&messages) {
-            let result = self.send_batch(run).await;
-            self.record(&result);
-            match result {
-                Ok(()) => durable += run.len(),
-                Err(e) => return (durable, Some(e)),
+    /// Under a key: claim it in the ledger, send (the message ids derive from the key and the
+    /// request, so a re-send after a partial failure is dropped by duplicate detection where
+    /// it landed), then mark it published.
+    async fn publish_request(&self, messages: Vec<OutgoingMessage>, key: Option<&RequestKey>) -> Publication {
+        let Some(key) = key else {
+            let (durable, error) = self.send_all(&messages).await;
+            return Publication::Sent { durable, error };
+        };
+        let Some(ledger) = &self.ledger else {
+            let reason = "no idempotency ledger is configured".to_owned();
+            let error = PublishError::Unavailable { reason, retry_after: RETRY_AFTER };
+            return Publication::Sent { durable: 0, error: Some(error) };
+        };
+        match ledger.claim(key).await {
+            Err(e) => Publication::Sent { durable: 0, error: Some(e) },
+            Ok(Claim::Conflict) => Publication::KeyReused,
+            Ok(Claim::Published) => Publication::Replayed,
+            Ok(Claim::New | Claim::Pending) => {
+                let (durable, error) = self.send_all(&messages).await;
+                if error.is_none() {
+                    if let Err(e) = ledger.mark_published(key).await {
+                        // The messages are durable: the answer stands. A retry re-sends them
+                        // (dropped by duplicate detection within its window; absorbed by the
+                        // idempotent consumer after it).
+                        tracing::warn!(error = %e, "cannot mark an idempotency key published");
+                    }
+                }
+                Publication::Sent { durable, error }
             }
         }
-        (durable, None)
     }
 
     /// Service Bus has no cheap probe over REST, so health reflects the latest sends.

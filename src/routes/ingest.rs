@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::problem::ApiError;
 use super::{AppState, LogIds};
-use crate::broker::{OutgoingMessage, PublishError};
+use crate::broker::{OutgoingMessage, Publication, PublishError, RequestKey};
 use crate::domain::{FieldError, NewUser, UserDocument};
 use crate::telemetry::metrics;
 
@@ -38,59 +38,80 @@ fn rejection_reason(error: &ApiError) -> &'static str {
         ApiError::InvalidJson(_) | ApiError::BodyRead(_) | ApiError::BodyTimeout { .. } => "invalid_json",
         ApiError::InvalidRecord(_) => "invalid_record",
         ApiError::TooLarge { .. } | ApiError::TooManyRecords { .. } => "too_large",
-        ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
+        ApiError::UnsupportedMediaType { .. } | ApiError::UnsupportedEncoding { .. } => {
+            "unsupported_media_type"
+        }
         ApiError::Overloaded { .. } => "overloaded",
+        ApiError::IdempotencyConflict => "idempotency_key_reused",
+        ApiError::InvalidHeader { .. } => "invalid_header",
         _ => "unavailable",
     }
 }
 
 async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     require_json(headers)?;
+    let key = idempotency_key(headers)?;
     // A body sent too slowly (slow-loris) holds a connection and a permit: cut it off.
     let read = read_limited(headers, body, state.max_record_bytes, state.max_batch_bytes);
     let bytes = tokio::time::timeout(state.body_timeout, read)
         .await
         .map_err(|_| ApiError::BodyTimeout { after: state.body_timeout })??;
-    let idempotency = Idempotency::from_headers(headers, &bytes)?;
-    match parse_json(&bytes)? {
+    let value = parse_json(&bytes)?;
+    let idempotency = key.map(|key| Idempotency::new(key, &value));
+    match value {
         Value::Array(records) => accept_batch(state, headers, records, idempotency.as_ref()).await,
         record => accept_one(state, headers, record, idempotency.as_ref()).await,
     }
 }
 
-/// An `Idempotency-Key`: a retried request with the same key and body makes no second
-/// message and gets the same answer. The key fixes the message ids (so the topic drops a
-/// repeat: the embedded queue by its record of keys, Service Bus by duplicate detection) and
-/// the id of a record that has none (so the answer is the same).
+/// The `Idempotency-Key` header, when there is one: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+    match key {
+        Some(key) => Ok(Some(key.to_owned())),
+        None => Err(ApiError::InvalidHeader {
+            name: "Idempotency-Key",
+            why: "must be 1 to 255 visible ASCII characters",
+        }),
+    }
+}
+
+/// A request under an `Idempotency-Key`: a retry with the same key and the same JSON (the
+/// digest is of the parsed request, so key order and whitespace do not matter) makes no
+/// second message and gets the same answer; the same key with another request — another
+/// body, or a batch instead of a record — is refused with 422. The topic claims the key
+/// atomically with publishing (see [`crate::broker::Publisher::publish_request`]). The key
+/// and digest fix the message ids (so Service Bus duplicate detection drops a re-send) and
+/// the key fixes the id of a record that has none (so the answer is the same).
 struct Idempotency {
-    key: String,
-    /// A digest of the request body: the same key with another body is refused (422).
-    request_hash: String,
+    request: RequestKey,
 }
 
 const IDEMPOTENCY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x8b0e_41c2_7d3f_4e59_a1b6_c8d7_e9f0_1a2b);
 
 impl Idempotency {
-    fn from_headers(headers: &HeaderMap, body: &[u8]) -> Result<Option<Self>, ApiError> {
-        let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
-        let key = value
-            .to_str()
-            .ok()
-            .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| (0x21..=0x7e).contains(&b)));
-        let Some(key) = key else {
-            return Err(ApiError::InvalidHeader {
-                name: "Idempotency-Key",
-                why: "must be 1 to 255 visible ASCII characters",
-            });
-        };
-        let request_hash = uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, body).to_string();
-        Ok(Some(Self { key: key.to_owned(), request_hash }))
+    fn new(key: String, request: &Value) -> Self {
+        use sha2::Digest;
+        let mut canonical = Vec::with_capacity(1024);
+        write_canonical(request, &mut canonical);
+        let digest = sha2::Sha256::digest(&canonical);
+        let request_hash = digest.iter().fold(String::with_capacity(64), |mut hex, b| {
+            use std::fmt::Write;
+            let _ = write!(hex, "{b:02x}");
+            hex
+        });
+        Self { request: RequestKey { key, request_hash } }
     }
 
-    fn derive(&self, what: &str, index: Option<usize>) -> String {
+    fn message_id(&self, index: Option<usize>) -> String {
+        let RequestKey { key, request_hash } = &self.request;
         let name = match index {
-            Some(i) => format!("{what}:{i}:{}", self.key),
-            None => format!("{what}:{}", self.key),
+            Some(i) => format!("message:{i}:{request_hash}:{key}"),
+            None => format!("message:{request_hash}:{key}"),
         };
         uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).to_string()
     }
@@ -99,20 +120,45 @@ impl Idempotency {
     fn fill_id(&self, record: &mut Value, index: Option<usize>) {
         if let Value::Object(fields) = record {
             if fields.get("id").is_none_or(Value::is_null) {
-                fields.insert("id".into(), Value::String(self.derive("user", index)));
+                let name = match index {
+                    Some(i) => format!("user:{i}:{}", self.request.key),
+                    None => format!("user:{}", self.request.key),
+                };
+                let id = uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).to_string();
+                fields.insert("id".into(), Value::String(id));
             }
         }
     }
+}
 
-    /// `true` when this key was used before for this very request (a replay: answer again,
-    /// publish nothing); an error when it was used for another request.
-    async fn seen(&self, state: &AppState, message_id: &str) -> Result<bool, ApiError> {
-        match state.publisher.recorded_request(message_id).await {
-            Ok(None) => Ok(false),
-            Ok(Some(hash)) if hash == self.request_hash => Ok(true),
-            Ok(Some(_)) => Err(ApiError::IdempotencyConflict),
-            Err(e) => Err(ApiError::Unavailable { what: "topic", retry_after: e.retry_after() }),
+/// JSON with every object's keys sorted: the same request, however it was spelled.
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(fields) => {
+            let mut keys: Vec<&String> = fields.keys().collect();
+            keys.sort_unstable();
+            out.push(b'{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
+                out.push(b':');
+                write_canonical(&fields[key], out);
+            }
+            out.push(b'}');
         }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec cannot fail"),
     }
 }
 
@@ -128,24 +174,21 @@ async fn accept_one(
     let user = NewUser::parse(value).map_err(ApiError::InvalidRecord)?;
     let doc = user.into_document(state.clock.now());
     let mut message = message_for(&doc, headers);
-    let mut replayed = false;
     if let Some(idempotency) = idempotency {
-        message.message_id = idempotency.derive("message", None);
-        message.request_hash = Some(idempotency.request_hash.clone());
-        replayed = idempotency.seen(state, &message.message_id).await?;
+        message.message_id = idempotency.message_id(None);
     }
     let message_id = message.message_id.clone();
-    if !replayed {
-        publish(state, vec![message]).await.1.map_or(Ok(()), Err)?;
+    let sent = publish(state, vec![message], idempotency).await?;
+    if let Some(error) = sent.failure {
+        return Err(error);
     }
-    metrics::registry().add(&metrics::RECORDS_ACCEPTED, &[], 1);
     let location = format!("/api/users/{}", doc.id);
     let mut response =
         (StatusCode::ACCEPTED, axum::Json(json!({"id": doc.id, "status": "accepted"}))).into_response();
     response
         .headers_mut()
         .insert(header::LOCATION, HeaderValue::from_str(&location).expect("user ids are ASCII header-safe"));
-    if replayed {
+    if sent.replayed {
         response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     // The request's one log line carries the ids.
@@ -200,8 +243,7 @@ async fn accept_batch(
                 let doc = user.into_document(now);
                 let mut message = message_for(&doc, headers);
                 if let Some(idempotency) = idempotency {
-                    message.message_id = idempotency.derive("message", Some(index));
-                    message.request_hash = Some(idempotency.request_hash.clone());
+                    message.message_id = idempotency.message_id(Some(index));
                 }
                 messages.push(message);
                 valid.push(index);
@@ -233,18 +275,16 @@ async fn accept_batch(
             .collect();
         return Err(ApiError::InvalidBatch(errors));
     }
-    let replayed = match (idempotency, messages.first()) {
-        (Some(idempotency), Some(first)) => idempotency.seen(state, &first.message_id).await?,
-        _ => false,
-    };
-    let (durable, failure) = if replayed { (messages.len(), None) } else { publish(state, messages).await };
-    let registry = metrics::registry();
-    registry.add(&metrics::RECORDS_ACCEPTED, &[], durable as u64);
+    let Sent { durable, failure, replayed } = publish(state, messages, idempotency).await?;
     if let Some(error) = failure {
         if durable == 0 {
             return Err(error);
         }
-        registry.add(&metrics::RECORDS_REJECTED, &[rejection_reason(&error)], (valid.len() - durable) as u64);
+        metrics::registry().add(
+            &metrics::RECORDS_REJECTED,
+            &[rejection_reason(&error)],
+            (valid.len() - durable) as u64,
+        );
         for &index in &valid[durable..] {
             let id = results[index]["id"].take();
             results[index] = json!({
@@ -258,7 +298,11 @@ async fn accept_batch(
         "rejected": results.len() - durable,
         "results": results,
     });
-    Ok((StatusCode::OK, axum::Json(body)).into_response())
+    let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 fn message_for(doc: &UserDocument, headers: &HeaderMap) -> OutgoingMessage {
@@ -267,44 +311,83 @@ fn message_for(doc: &UserDocument, headers: &HeaderMap) -> OutgoingMessage {
         // Correlates the message with the request that made it: the caller's W3C trace id, or a new one.
         correlation_id: Some(trace_id(headers).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())),
         body: doc.to_json(),
-        request_hash: None,
     }
 }
 
-/// Publishes in order; returns how many leading messages are durable and, when not all
-/// are, the API error for the rest.
-async fn publish(state: &AppState, messages: Vec<OutgoingMessage>) -> (usize, Option<ApiError>) {
+/// What publishing a request's messages came to.
+struct Sent {
+    /// How many leading messages are durable.
+    durable: usize,
+    /// Why the rest are not.
+    failure: Option<ApiError>,
+    /// A retry under an Idempotency-Key: the messages were durable already.
+    replayed: bool,
+}
+
+/// Publishes in order (claiming the Idempotency-Key first, when there is one). Refused when
+/// the key belongs to another request.
+async fn publish(
+    state: &AppState,
+    messages: Vec<OutgoingMessage>,
+    idempotency: Option<&Idempotency>,
+) -> Result<Sent, ApiError> {
     let count = messages.len();
     let first_id = messages.first().map(|m| m.message_id.clone()).unwrap_or_default();
     let started = std::time::Instant::now();
-    let (durable, error) = state.publisher.publish_batch(messages).await;
-    metrics::registry().observe(&metrics::PUBLISH_DURATION, &[], started.elapsed().as_secs_f64());
-    let Some(e) = error else { return (durable, None) };
+    let key = idempotency.map(|i| &i.request);
+    let publication = state.publisher.publish_request(messages, key).await;
+    let registry = metrics::registry();
+    registry.observe(&metrics::PUBLISH_DURATION, &[], started.elapsed().as_secs_f64());
+    let (durable, error) = match publication {
+        Publication::Replayed => return Ok(Sent { durable: count, failure: None, replayed: true }),
+        Publication::KeyReused => return Err(ApiError::IdempotencyConflict),
+        Publication::Sent { durable, error } => (durable, error),
+    };
+    registry.add(&metrics::RECORDS_ACCEPTED, &[], durable as u64);
+    let Some(e) = error else { return Ok(Sent { durable, failure: None, replayed: false }) };
     let reason = match e {
         PublishError::Unavailable { .. } => "unavailable",
         PublishError::Overloaded { .. } => "overloaded",
     };
-    metrics::registry().add(&metrics::PUBLISH_FAILURES, &[reason], 1);
+    registry.add(&metrics::PUBLISH_FAILURES, &[reason], 1);
     tracing::warn!(error = %e, message_id = %first_id, count, durable, "publish failed; answering 503");
     let error = match e {
         PublishError::Overloaded { retry_after } => ApiError::Overloaded { retry_after },
         e => ApiError::Unavailable { what: "topic", retry_after: e.retry_after() },
     };
-    (durable, Some(error))
+    Ok(Sent { durable, failure: Some(error), replayed: false })
 }
 
-/// `application/json`, compared case-insensitively, parameters (charset) allowed.
+/// `application/json`, compared case-insensitively, with no charset or `charset=utf-8` (JSON
+/// is UTF-8: a body declared in another charset would be misread), and not compressed.
 fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
+        let text = encoding.to_str().unwrap_or("").trim();
+        if !text.eq_ignore_ascii_case("identity") {
+            return Err(ApiError::UnsupportedEncoding { got: text.chars().take(100).collect() });
+        }
+    }
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Err(ApiError::UnsupportedMediaType { got: None });
     };
     let text = value.to_str().unwrap_or("");
-    let essence = text.split(';').next().unwrap_or("").trim();
-    if essence.eq_ignore_ascii_case("application/json") {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType { got: Some(text.chars().take(100).collect()) })
+    let refused = || ApiError::UnsupportedMediaType { got: Some(text.chars().take(100).collect()) };
+    let mut parts = text.split(';');
+    let essence = parts.next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(refused());
     }
+    for parameter in parts {
+        let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+        let value = value.trim().trim_matches('"');
+        if name.trim().eq_ignore_ascii_case("charset")
+            && !value.eq_ignore_ascii_case("utf-8")
+            && !value.eq_ignore_ascii_case("utf8")
+        {
+            return Err(refused());
+        }
+    }
+    Ok(())
 }
 
 /// Past the limit, how much more of a body is read and thrown away so the client, still
@@ -315,7 +398,7 @@ const DRAIN_CAP: u64 = 1024 * 1024;
 /// once the first non-blank byte shows a JSON array. A body over its limit is refused
 /// without being buffered (its excess is discarded as it arrives, up to [`DRAIN_CAP`] past
 /// the larger limit).
-async fn read_limited(
+pub(super) async fn read_limited(
     headers: &HeaderMap,
     body: Body,
     record_limit: usize,

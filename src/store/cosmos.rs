@@ -39,8 +39,8 @@ use time::OffsetDateTime;
 
 use super::{ExportPages, StoreError, StoredUser, UpsertOutcome, UserStore, WriteVersion};
 use crate::broker::{
-    BackendHealth, DeadLetter, DeadLetterAdmin, DeadLetterStore, OutgoingMessage, ParkedMessage,
-    PublishError, Publisher, Replay, Replayed,
+    BackendHealth, Claim, DeadLetter, DeadLetterAdmin, DeadLetterStore, KeyLedger, OutgoingMessage,
+    ParkedMessage, PublishError, Publisher, Replay, Replayed, RequestKey, IDEMPOTENCY_WINDOW,
 };
 use crate::config::CosmosConfig;
 use crate::domain::{UserDocument, UserId};
@@ -55,10 +55,11 @@ const MAX_THROTTLE_WAIT: Duration = Duration::from_secs(5);
 const MAX_CONFLICT_ROUNDS: u32 = 5;
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
-/// The two containers, from one client.
+/// The three containers, from one client.
 pub struct CosmosStores {
     pub users: Arc<CosmosUserStore>,
     pub dead_letters: Arc<CosmosDeadLetters>,
+    pub keys: Arc<CosmosKeyLedger>,
 }
 
 impl CosmosStores {
@@ -93,10 +94,18 @@ impl CosmosStores {
                     config.dead_letter_container
                 )
             })?;
+        let keys =
+            database.container_client(config.idempotency_container.as_str(), None).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open COSMOS_IDEMPOTENCY_CONTAINER {}: {e}",
+                    config.idempotency_container
+                )
+            })?;
         let charge = Arc::new(RequestCharge::default());
         Ok(Self {
             users: Arc::new(CosmosUserStore { container: users, charge: charge.clone() }),
-            dead_letters: Arc::new(CosmosDeadLetters { container: dead_letters, charge }),
+            dead_letters: Arc::new(CosmosDeadLetters { container: dead_letters, charge: charge.clone() }),
+            keys: Arc::new(CosmosKeyLedger { container: keys, charge }),
         })
     }
 }
@@ -161,7 +170,7 @@ async fn create_if_missing(client: &CosmosClient, config: &CosmosConfig) -> anyh
         Err(e) => anyhow::bail!("cannot create COSMOS_DATABASE {}: {e}", config.database),
     }
     let database = client.database_client(config.database.as_str());
-    for container in [&config.container, &config.dead_letter_container] {
+    for container in [&config.container, &config.dead_letter_container, &config.idempotency_container] {
         let properties = ContainerProperties::new(container.clone(), "/id".into());
         match database.create_container(properties, None).await {
             Ok(_) => tracing::info!(%container, "created the Cosmos container"),
@@ -460,7 +469,6 @@ impl DeadLetterAdmin for CosmosDeadLetterAdmin {
             message_id: replay.message_id,
             correlation_id: replay.correlation_id,
             body: String::from_utf8_lossy(&replay.body).into_owned(),
-            request_hash: None,
         };
         publisher.publish(vec![message]).await.map_err(|e| {
             anyhow::anyhow!("cannot publish dead letter {id} to the topic (nothing was changed): {e}")
@@ -480,6 +488,109 @@ impl DeadLetterAdmin for CosmosDeadLetterAdmin {
             Ok(_) => Ok(true),
             Err(e) if e.status().is_not_found() => Ok(false),
             Err(e) => Err(anyhow::anyhow!("cannot delete dead letter {id}: {e}")),
+        }
+    }
+}
+
+/// The `idempotency` container: one document per Idempotency-Key, its id a digest of the key
+/// (keys may hold characters Cosmos ids cannot), with the request's digest, whether its
+/// messages are all published, and a `ttl` of [`IDEMPOTENCY_WINDOW`] (the container has
+/// per-item TTL on). A claim is ONE create in the common case; a document older than the
+/// window is expired even where the server has not removed it yet.
+pub struct CosmosKeyLedger {
+    container: ContainerClient,
+    charge: Arc<RequestCharge>,
+}
+
+const KEY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5d1c_9a7e_2b4f_4c81_9e3a_7f60_b2d4_c8e1);
+
+impl CosmosKeyLedger {
+    fn doc_id(key: &RequestKey) -> String {
+        uuid::Uuid::new_v5(&KEY_NAMESPACE, key.key.as_bytes()).to_string()
+    }
+
+    fn doc(id: &str, key: &RequestKey, published: bool, created: i64) -> Value {
+        json!({
+            "id": id,
+            "requestHash": key.request_hash,
+            "published": published,
+            "createdAt": created,
+            "ttl": IDEMPOTENCY_WINDOW.as_secs(),
+        })
+    }
+
+    fn record(&self, charge: Option<f64>) {
+        if let Some(ru) = charge {
+            self.charge.add(ru);
+            crate::telemetry::metrics::request_charge("idempotency", ru);
+        }
+    }
+}
+
+fn ledger_unavailable(e: CosmosError) -> PublishError {
+    PublishError::Unavailable { reason: e.to_string(), retry_after: throttle_wait(&e).unwrap_or(RETRY_AFTER) }
+}
+
+#[async_trait]
+impl KeyLedger for CosmosKeyLedger {
+    async fn claim(&self, key: &RequestKey) -> Result<Claim, PublishError> {
+        let id = Self::doc_id(key);
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        for _ in 0..MAX_CONFLICT_ROUNDS {
+            let doc = Self::doc(&id, key, false, now);
+            match self.container.create_item(id.clone(), id.as_str(), doc.clone(), None).await {
+                Ok(response) => {
+                    self.record(response.headers().request_charge().map(|c| c.value()));
+                    return Ok(Claim::New);
+                }
+                Err(e) if e.status().is_conflict() => {}
+                Err(e) => return Err(ledger_unavailable(e)),
+            }
+            let response = match self.container.read_item(id.clone(), id.as_str(), None).await {
+                Ok(response) => response,
+                Err(e) if e.status().is_not_found() => continue, // expired in between
+                Err(e) => return Err(ledger_unavailable(e)),
+            };
+            self.record(response.headers().request_charge().map(|c| c.value()));
+            let etag = response.headers().etag().map(|e| e.to_string()).unwrap_or_default();
+            let held: Map<String, Value> = response.into_model().map_err(ledger_unavailable)?;
+            let created = held.get("createdAt").and_then(Value::as_i64).unwrap_or(0);
+            if created + IDEMPOTENCY_WINDOW.as_secs() as i64 >= now {
+                let same = held.get("requestHash").and_then(Value::as_str) == Some(key.request_hash.as_str());
+                let published = held.get("published").and_then(Value::as_bool) == Some(true);
+                return Ok(match (same, published) {
+                    (false, _) => Claim::Conflict,
+                    (true, true) => Claim::Published,
+                    (true, false) => Claim::Pending,
+                });
+            }
+            // Expired but not yet removed: take it over, unless someone else just did.
+            let options = ItemWriteOptions::default().with_precondition(Precondition::IfMatch(etag.into()));
+            match self.container.replace_item(id.clone(), id.as_str(), doc, Some(options)).await {
+                Ok(response) => {
+                    self.record(response.headers().request_charge().map(|c| c.value()));
+                    return Ok(Claim::New);
+                }
+                Err(e) if e.status().is_precondition_failed() || e.status().is_not_found() => continue,
+                Err(e) => return Err(ledger_unavailable(e)),
+            }
+        }
+        Err(PublishError::Unavailable {
+            reason: format!("an idempotency key kept changing during {MAX_CONFLICT_ROUNDS} claims"),
+            retry_after: RETRY_AFTER,
+        })
+    }
+
+    async fn mark_published(&self, key: &RequestKey) -> Result<(), PublishError> {
+        let id = Self::doc_id(key);
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let doc = Self::doc(&id, key, true, now);
+        match self.container.upsert_item(id.clone(), id.as_str(), doc, None).await {
+            Ok(response) => {
+                self.record(response.headers().request_charge().map(|c| c.value()));
+                Ok(())
+            }
+            Err(e) => Err(ledger_unavailable(e)),
         }
     }
 }

@@ -4,7 +4,7 @@
 mod cosmos;
 mod embedded;
 
-pub use cosmos::{CosmosDeadLetterAdmin, CosmosDeadLetters, CosmosStores, CosmosUserStore};
+pub use cosmos::{CosmosDeadLetterAdmin, CosmosDeadLetters, CosmosKeyLedger, CosmosStores, CosmosUserStore};
 pub use embedded::SqliteUserStore;
 
 use std::num::NonZeroU32;

@@ -48,7 +48,7 @@ pub static HTTP_DURATION: Def = Def {
 pub static RECORDS_ACCEPTED: Def = Def {
     index: 2,
     name: "ingest_records_accepted_total",
-    help: "Records acknowledged with 202 (durable in the topic).",
+    help: "Records made durable in the topic and acknowledged (a replay under an Idempotency-Key is not counted again).",
     kind: Kind::Counter,
     labels: &[],
 };
@@ -117,8 +117,16 @@ pub static DEAD_LETTERS: Def = Def {
     labels: &[],
 };
 
+pub static PANICS: Def = Def {
+    index: 12,
+    name: "panics_total",
+    help: "Bugs caught: a request handler (answered 500) or the worker (restarted) panicked.",
+    kind: Kind::Counter,
+    labels: &["where"],
+};
+
 /// Every metric, in `index` order.
-pub static CATALOGUE: [&Def; 12] = [
+pub static CATALOGUE: [&Def; 13] = [
     &HTTP_REQUESTS,
     &HTTP_DURATION,
     &RECORDS_ACCEPTED,
@@ -131,6 +139,7 @@ pub static CATALOGUE: [&Def; 12] = [
     &COSMOS_CHARGE,
     &QUEUE_DEPTH,
     &DEAD_LETTERS,
+    &PANICS,
 ];
 
 /// Upper bounds of the histogram buckets, in seconds: from a cached point read (0.5 ms) to

@@ -43,6 +43,7 @@ WIRED_TO = {
     "COSMOS_DATABASE": "azurerm_cosmosdb_sql_database.main.name",
     "COSMOS_CONTAINER": "azurerm_cosmosdb_sql_container.users.name",
     "COSMOS_DEADLETTER_CONTAINER": "azurerm_cosmosdb_sql_container.deadletters.name",
+    "COSMOS_IDEMPOTENCY_CONTAINER": "azurerm_cosmosdb_sql_container.idempotency.name",
     "COSMOS_CREATE_IF_MISSING": '"false"',
     "COSMOS_KEY": "azurerm_cosmosdb_account.main.primary_key",
 }
@@ -201,6 +202,7 @@ VARIABLE_FOR_SETTING = {
     "COSMOS_DATABASE": "cosmos_database_name",
     "COSMOS_CONTAINER": "cosmos_container_name",
     "COSMOS_DEADLETTER_CONTAINER": "cosmos_deadletter_container_name",
+    "COSMOS_IDEMPOTENCY_CONTAINER": "cosmos_idempotency_container_name",
 }
 MEANT_TO_DIFFER: dict[str, str] = {}
 

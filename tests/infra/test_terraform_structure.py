@@ -229,7 +229,7 @@ def test_authorization_rules_are_topic_scoped_send_only_and_listen_only(tf):
 # --- Cosmos DB -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("container", ["users", "deadletters"])
+@pytest.mark.parametrize("container", ["users", "deadletters", "idempotency"])
 def test_containers_are_partitioned_on_id(tf, container):
     body = tf.resource(f"azurerm_cosmosdb_sql_container.{container}")
     assert body["partition_key_paths"] == ["/id"]
@@ -241,9 +241,16 @@ def test_container_names_default_to_users_and_deadletters(tf):
     assert tf.resource("azurerm_cosmosdb_sql_container.deadletters")["name"] == "${var.cosmos_deadletter_container_name}"
     assert tf.variables["cosmos_container_name"]["default"] == "users"
     assert tf.variables["cosmos_deadletter_container_name"]["default"] == "deadletters"
+    assert tf.resource("azurerm_cosmosdb_sql_container.idempotency")["name"] == "${var.cosmos_idempotency_container_name}"
+    assert tf.variables["cosmos_idempotency_container_name"]["default"] == "idempotency"
 
 
-@pytest.mark.parametrize("container", ["users", "deadletters"])
+def test_idempotency_keys_expire_through_per_item_ttl(tf):
+    """The app gives each key document a `ttl` of a day; -1 turns per-item TTL on."""
+    assert tf.resource("azurerm_cosmosdb_sql_container.idempotency")["default_ttl"] == -1
+
+
+@pytest.mark.parametrize("container", ["users", "deadletters", "idempotency"])
 def test_containers_index_nothing_the_api_does_not_query(tf, container):
     """GET is a point read and export uses the read feed: an indexed path only adds write RUs."""
     policy = block(tf.resource(f"azurerm_cosmosdb_sql_container.{container}"), "indexing_policy")
