@@ -34,6 +34,34 @@ impl WorkerConfig {
     }
 }
 
+/// Runs the worker until `shutdown` fires, restarting it after a panic (a bug: logged and
+/// counted; the batch it held was not settled, so it is delivered again, as after a crash).
+/// Restarts back off from 1 s to a minute, so a message that keeps triggering the bug costs
+/// a log line a minute rather than a hot loop, and the API keeps accepting meanwhile.
+pub async fn supervise(
+    queue: Arc<SqliteQueue>,
+    consumer: Consumer,
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let task = tokio::spawn(run(queue.clone(), consumer.clone(), config.clone(), shutdown.clone()));
+        match task.await {
+            Err(e) if e.is_panic() && !shutdown.is_cancelled() => {
+                metrics::registry().add(&metrics::PANICS, &["worker"], 1);
+                tracing::error!(
+                    restart_in_ms = delay.as_millis() as u64,
+                    "the worker panicked; restarting it"
+                );
+                pause(delay, &shutdown).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+            _ => return,
+        }
+    }
+}
+
 /// Runs until `shutdown` fires, then returns after settling the batch in hand.
 pub async fn run(
     queue: Arc<SqliteQueue>,
@@ -103,12 +131,14 @@ fn settle(
     let sequence = delivery.sequence;
     match outcome {
         Outcome::Stored { id, stale } => {
-            tracing::info!(message_id = %delivery.message_id, user_id = %id, stale, "message stored");
+            let user_id = crate::telemetry::loggable_user_id(id.as_str());
+            tracing::info!(message_id = %delivery.message_id, %user_id, stale, "message stored");
             Settlement::Complete { sequence }
         }
         Outcome::Poison { reason } => {
             metrics::consumed("dead_lettered", 1);
-            tracing::warn!(message_id = %delivery.message_id, %reason, "message dead-lettered");
+            let why = crate::telemetry::loggable_reason(&reason);
+            tracing::warn!(message_id = %delivery.message_id, reason = %why, "message dead-lettered");
             Settlement::DeadLetter { sequence, reason }
         }
         // The store is down, locked or throttled: not this message's fault. The worker backs

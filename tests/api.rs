@@ -168,3 +168,39 @@ fn the_readiness_probe_and_health_answer() {
     assert_eq!(health["checks"]["topic"]["up"], true);
     assert_eq!(health["checks"]["store"]["up"], true);
 }
+
+#[test]
+fn a_body_in_another_charset_or_compressed_gets_415_naming_what_to_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[("INGEST_WORKER", "off")]);
+    let client = blocking_client();
+    let record = json!({"name": "Zoë", "email": "zoe@example.com"}).to_string();
+    for (content_type, encoding) in [
+        ("application/json; charset=iso-8859-1", None),
+        ("application/json;charset=\"UTF-16\"", None),
+        ("application/json", Some("gzip")),
+        ("application/json; charset=utf-8", Some("br")),
+    ] {
+        let mut request = client.post(server.url("/api/users")).header("content-type", content_type);
+        if let Some(encoding) = encoding {
+            request = request.header("content-encoding", encoding);
+        }
+        let r = request.body(record.clone()).send().unwrap();
+        assert_eq!(r.status(), 415, "{content_type} {encoding:?}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let problem: Value = r.json().unwrap();
+        assert_eq!(problem["type"], "/problems/unsupported-media-type");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(if encoding.is_some() { "uncompressed" } else { "utf-8" }), "{detail}");
+    }
+    for (content_type, encoding) in
+        [("application/json; charset=UTF-8", None), ("application/json; charset=\"utf-8\"", Some("identity"))]
+    {
+        let mut request = client.post(server.url("/api/users")).header("content-type", content_type);
+        if let Some(encoding) = encoding {
+            request = request.header("content-encoding", encoding);
+        }
+        assert_eq!(request.body(record.clone()).send().unwrap().status(), 202, "{content_type}");
+    }
+    assert_eq!(support::queued(dir.path()), 2, "only the UTF-8, uncompressed ones");
+}

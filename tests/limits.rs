@@ -74,6 +74,35 @@ fn a_body_that_arrives_too_slowly_gets_408_and_nothing_is_accepted() {
 }
 
 #[test]
+fn the_consume_route_times_out_slow_bodies_and_refuses_huge_ones_as_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[("BODY_TIMEOUT_MS", "500"), ("INGEST_WORKER", "off")]);
+    let mut stream = connect(&server);
+    let started = Instant::now();
+    stream
+        .write_all(b"POST /ingest-consume HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"Data\":")
+        .unwrap();
+    let answer = read_all(&mut stream);
+    assert!(started.elapsed() < Duration::from_secs(5), "the invocation held its slot");
+    assert!(status_line(&answer).contains("408"), "{answer}");
+    assert!(answer.contains("/problems/body-timeout"), "{answer}");
+
+    // Over 4 MiB: 413 as problem+json, declared or not.
+    let huge = format!(r#"{{"Data":{{"message":"{}"}}}}"#, "x".repeat(4 * 1024 * 1024 + 10));
+    let client = blocking_client();
+    let r = client
+        .post(server.url("/ingest-consume"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(r.json::<serde_json::Value>().unwrap()["type"], "/problems/too-large");
+    still_serving(&server);
+}
+
+#[test]
 fn oversized_headers_are_refused_with_431() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), &[]);

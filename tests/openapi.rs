@@ -475,7 +475,10 @@ fn described_as(error: &ApiError) -> &'static str {
         ApiError::InvalidUserId(_) => "InvalidUserIdProblem",
         ApiError::BodyTimeout { .. } => "RequestTimeoutProblem",
         ApiError::TooLarge { .. } | ApiError::TooManyRecords { .. } => "TooLargeProblem",
-        ApiError::UnsupportedMediaType { .. } => "UnsupportedMediaTypeProblem",
+        ApiError::UnsupportedMediaType { .. } | ApiError::UnsupportedEncoding { .. } => {
+            "UnsupportedMediaTypeProblem"
+        }
+        ApiError::Internal => "InternalProblem",
         ApiError::MethodNotAllowed => "MethodNotAllowedProblem",
         ApiError::NotFound(_) => "NotFoundProblem",
         ApiError::Unavailable { .. } | ApiError::Overloaded { .. } => "UnavailableProblem",
@@ -564,6 +567,8 @@ fn every_api_error_is_a_described_problem() {
         ApiError::Unavailable { what: "topic", retry_after: Duration::ZERO },
         ApiError::Overloaded { retry_after: Duration::from_secs(1) },
         ApiError::InvalidInvocation("no Data object".into()),
+        ApiError::UnsupportedEncoding { got: "gzip".into() },
+        ApiError::Internal,
     ];
     let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     for error in errors {

@@ -325,8 +325,41 @@ fn no_name_or_email_of_the_2000_users_reaches_logs_metrics_status_or_exported_te
         bad["age"] = json!("old");
         assert_eq!(post_user(&client, &server, &bad.to_string()).0, 400);
     }
+    // Ids are the client's choice: some use the email address. And a producer's poison
+    // message may carry one as a field NAME, which the reason names.
+    let mut email_ids = Vec::new();
+    for (i, u) in users.iter().enumerate().skip(50).take(20) {
+        let email = u["email"].as_str().unwrap().trim().to_owned();
+        let mut record = u.clone();
+        record["id"] = json!(email);
+        if i % 2 == 0 {
+            assert_eq!(post_user(&client, &server, &record.to_string()).0, 202, "{record}");
+        } else {
+            let r = client
+                .post(server.url("/ingest-consume"))
+                .header("content-type", "application/json")
+                .body(invocation(&record, &format!("pii-id-{i}")))
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        email_ids.push(email.clone());
+        let mut poison = u.clone();
+        poison[email.as_str()] = json!(true);
+        let r = client
+            .post(server.url("/ingest-consume"))
+            .header("content-type", "application/json")
+            .body(invocation(&poison, &format!("pii-key-{i}")))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(!r.text().unwrap().contains(&email), "the host logs the answer");
+    }
     for u in users.iter().filter_map(|u| u["id"].as_str()).take(100) {
         wait_for_user(&client, &server, u, Duration::from_secs(30));
+    }
+    for id in &email_ids {
+        wait_for_user(&client, &server, id, Duration::from_secs(30));
     }
     eventually("the queue is drained", Duration::from_secs(30), || support::queued(&server.data_dir) == 0);
     let metrics = scrape(&server);

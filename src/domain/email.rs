@@ -7,7 +7,8 @@ pub const MAX_EMAIL_LEN: usize = 254;
 
 /// Why an address was refused; the message goes to the client as is.
 pub fn check(address: &str) -> Result<(), &'static str> {
-    if address.len() > MAX_EMAIL_LEN {
+    // Characters, as the contract counts (an internationalised address is longer in bytes).
+    if address.chars().count() > MAX_EMAIL_LEN {
         return Err("must be at most 254 characters long");
     }
     let Some((local, domain)) = address.rsplit_once('@') else {
@@ -21,7 +22,7 @@ fn check_local(local: &str) -> Result<(), &'static str> {
     if local.is_empty() {
         return Err("must have a part before the '@'");
     }
-    if local.len() > 64 {
+    if local.chars().count() > 64 {
         return Err("the part before the '@' must be at most 64 characters long");
     }
     if local.starts_with('.') || local.ends_with('.') || local.contains("..") {
@@ -42,7 +43,7 @@ fn check_domain(domain: &str) -> Result<(), &'static str> {
     if domain.is_empty() {
         return Err("must have a domain after the '@'");
     }
-    if domain.len() > 253 {
+    if domain.chars().count() > 253 {
         return Err("the domain must be at most 253 characters long");
     }
     let labels: Vec<&str> = domain.split('.').collect();
@@ -50,7 +51,7 @@ fn check_domain(domain: &str) -> Result<(), &'static str> {
         return Err("the domain must have at least two labels, such as example.com");
     }
     for label in &labels {
-        if label.is_empty() || label.len() > 63 {
+        if label.is_empty() || label.chars().count() > 63 {
             return Err("each domain label must be 1 to 63 characters long");
         }
         if label.starts_with('-') || label.ends_with('-') {
@@ -62,7 +63,7 @@ fn check_domain(domain: &str) -> Result<(), &'static str> {
         }
     }
     let tld = labels[labels.len() - 1];
-    if tld.chars().all(|c| c.is_ascii_digit()) {
+    if tld.chars().all(char::is_numeric) {
         return Err("the top-level domain must not be numeric");
     }
     Ok(())
@@ -71,6 +72,24 @@ fn check_domain(domain: &str) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lengths_are_counted_in_characters_not_bytes() {
+        // 64 Cyrillic letters: 128 bytes, 64 characters: the longest local part allowed.
+        let local = "д".repeat(64);
+        assert_eq!(check(&format!("{local}@example.com")), Ok(()));
+        assert!(check(&format!("{local}д@example.com")).is_err());
+        let label = "ü".repeat(63);
+        assert_eq!(check(&format!("a@{label}.de")), Ok(()));
+        assert!(check(&format!("a@{label}ü.de")).is_err());
+        // 254 characters in all, 3 bytes each in the domain labels.
+        let address =
+            format!("{}@{}.{}.{}.com", "a".repeat(64), "語".repeat(61), "語".repeat(61), "語".repeat(61));
+        assert_eq!(address.chars().count(), 254);
+        assert_eq!(check(&address), Ok(()));
+        assert!(check(&format!("a{address}")).is_err());
+        assert!(check("a@example.١٢٣").is_err(), "a numeric top-level domain in Arabic-Indic digits");
+    }
 
     #[test]
     fn real_addresses_are_accepted() {

@@ -175,13 +175,22 @@ fn parse_fields(
     let ingested_at = if allow_ingested_at {
         match fields.remove("ingestedAt") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => match OffsetDateTime::parse(&s, &Rfc3339) {
-                Ok(t) => Some(t.to_offset(time::UtcOffset::UTC)),
-                Err(_) => {
-                    errors.push(FieldError::new("ingestedAt", "must be an RFC 3339 date-time"));
-                    None
+            // In UTC it must still be a date of years 0000 to 9999 (9999-12-31T23:59:59-01:00 is not).
+            Some(Value::String(s)) => {
+                match OffsetDateTime::parse(&s, &Rfc3339)
+                    .ok()
+                    .and_then(|t| t.checked_to_offset(time::UtcOffset::UTC))
+                {
+                    Some(t) if (0..=9999).contains(&t.year()) => Some(t),
+                    _ => {
+                        errors.push(FieldError::new(
+                            "ingestedAt",
+                            "must be an RFC 3339 date-time in the years 0000 to 9999 (UTC)",
+                        ));
+                        None
+                    }
                 }
-            },
+            }
             Some(other) => {
                 errors.push(FieldError::new(
                     "ingestedAt",
@@ -267,8 +276,23 @@ fn parse_fields(
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_u64() {
             Some(a) if a <= MAX_AGE => Some(a as u8),
-            _ if n.is_i64() || n.is_u64() => {
-                errors.push(FieldError::new("age", format!("must be between 0 and {MAX_AGE}")));
+            Some(_) => {
+                errors
+                    .push(FieldError::new("age", format!("must be a whole number between 0 and {MAX_AGE}")));
+                None
+            }
+            // 36.0: in range, but not an integer literal.
+            None if n.as_f64().is_some_and(|f| {
+                f.fract() == 0.0 && (0.0..=MAX_AGE as f64).contains(&f) && f.is_sign_positive()
+            }) =>
+            {
+                errors.push(FieldError::new("age", "must be written as an integer (36, not 36.0)"));
+                None
+            }
+            // -3, 1e30, -0.0: whole numbers, out of range (-0.0 is no age either).
+            _ if n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
+                errors
+                    .push(FieldError::new("age", format!("must be a whole number between 0 and {MAX_AGE}")));
                 None
             }
             _ => {
@@ -315,9 +339,11 @@ fn parse_fields(
                 ));
                 None
             } else {
+                let before = errors.len();
+                unexact_numbers(&value, &mut "attributes".to_owned(), &mut errors);
                 match value {
-                    Value::Object(map) => Some(map),
-                    _ => unreachable!("built from an object above"),
+                    Value::Object(map) if errors.len() == before => Some(map),
+                    _ => None,
                 }
             }
         }
@@ -335,6 +361,42 @@ fn parse_fields(
             Ok((NewUser { id, name, email, age, country, attributes }, ingested_at))
         }
         _ => Err(errors),
+    }
+}
+
+/// Past ±2^63 a JSON parser keeps a whole number only as a 64-bit float, so
+/// 12345678901234567890123 would be stored as 1.2345678901234568e22: changed without a word.
+/// Every such number is named (`attributes.a.list[2]`) instead, to be sent as a string.
+fn unexact_numbers(value: &Value, path: &mut String, errors: &mut Vec<FieldError>) {
+    match value {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64()) {
+                if f.fract() == 0.0 && f.abs() >= 2f64.powi(63) {
+                    errors.push(FieldError::new(
+                        path.clone(),
+                        "is a whole number beyond 64 bits, which cannot be kept exactly: send it as a string",
+                    ));
+                }
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let len = path.len();
+                path.push('.');
+                path.push_str(key);
+                unexact_numbers(item, path, errors);
+                path.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                unexact_numbers(item, path, errors);
+                path.truncate(len);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -361,7 +423,8 @@ pub fn json_kind(value: &Value) -> &'static str {
 
 /// Microseconds are what every backend keeps losslessly (Cosmos, JavaScript clients).
 fn truncate_to_micros(t: OffsetDateTime) -> OffsetDateTime {
-    let t = t.to_offset(time::UtcOffset::UTC);
+    // Every caller's time is UTC already, or in range once in UTC; keep it as it is otherwise.
+    let t = t.checked_to_offset(time::UtcOffset::UTC).unwrap_or(t);
     t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000).expect("a truncated nanosecond is in range")
 }
 
@@ -472,6 +535,45 @@ mod tests {
         assert_eq!(json["ingestedAt"], "2023-11-14T22:13:20.123456Z");
         let back = UserDocument::from_message(json, "m-1", OffsetDateTime::UNIX_EPOCH).unwrap();
         assert_eq!(back, doc);
+    }
+
+    #[test]
+    fn whole_numbers_beyond_64_bits_in_attributes_are_named_not_rounded() {
+        let body = r#"{"name": "A", "email": "a@example.com", "attributes": {"ok": 18446744073709551615, "neg": -9223372036854775808, "f": 1.5, "deep": {"list": [1, 12345678901234567890123]}, "big": -1e300}}"#;
+        let errors = NewUser::parse(serde_json::from_str(body).unwrap()).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["attributes.big", "attributes.deep.list[1]"], "{errors:?}");
+        let fine = r#"{"name": "A", "email": "a@example.com", "attributes": {"u": 18446744073709551615, "i": -9223372036854775808, "f": 0.1, "e": 1e18}}"#;
+        let user = NewUser::parse(serde_json::from_str(fine).unwrap()).unwrap();
+        let json = serde_json::to_string(&user.attributes).unwrap();
+        assert!(json.contains("18446744073709551615") && json.contains("-9223372036854775808"), "{json}");
+    }
+
+    #[test]
+    fn an_age_out_of_range_says_so_however_it_is_written() {
+        for age in ["-1", "151", "-0.0", "1e30", "200.0"] {
+            let body = format!(r#"{{"name": "A", "email": "a@example.com", "age": {age}}}"#);
+            let errors = NewUser::parse(serde_json::from_str(&body).unwrap()).unwrap_err();
+            assert!(errors[0].message.contains("between 0 and"), "{age}: {errors:?}");
+        }
+        let errors = NewUser::parse(json!({"name": "A", "email": "a@example.com", "age": 36.5})).unwrap_err();
+        assert_eq!(errors[0].message, "must be a whole number");
+        let errors = NewUser::parse(
+            serde_json::from_str(r#"{"name": "A", "email": "a@example.com", "age": 36.0}"#).unwrap(),
+        )
+        .unwrap_err();
+        assert!(errors[0].message.contains("integer"), "{errors:?}");
+    }
+
+    #[test]
+    fn an_ingestion_time_outside_the_years_0000_to_9999_in_utc_is_refused_not_a_panic() {
+        for t in ["9999-12-31T23:59:59-23:59", "0000-01-01T00:00:00+23:59", "9999-12-31T23:00:00-01:00"] {
+            let message = json!({"id": "u1", "name": "A", "email": "a@example.com", "ingestedAt": t});
+            let errors = UserDocument::from_message(message, "m", OffsetDateTime::UNIX_EPOCH).unwrap_err();
+            assert_eq!(errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["ingestedAt"], "{t}");
+        }
+        let ok = json!({"id": "u1", "name": "A", "email": "a@example.com", "ingestedAt": "9999-12-31T23:59:59+01:00"});
+        assert!(UserDocument::from_message(ok, "m", OffsetDateTime::UNIX_EPOCH).is_ok());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -26,9 +26,17 @@ use crate::telemetry::metrics;
 /// The binding name of the Service Bus trigger in `ingest-consume/function.json`.
 pub const BINDING: &str = "message";
 
-pub async fn consume(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn consume(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let invocation_id =
         headers.get("x-azure-functions-invocationid").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    // Read as a POST body is: within the limit while it arrives, and within BODY_TIMEOUT_MS.
+    let limit = super::MAX_INVOCATION_BYTES;
+    let read = super::ingest::read_limited(&headers, body, limit, limit);
+    let body = match tokio::time::timeout(state.body_timeout, read).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return e.into_response(),
+        Err(_) => return ApiError::BodyTimeout { after: state.body_timeout }.into_response(),
+    };
     let delivery = match parse_invocation(&body, state.clock.now()) {
         Ok(delivery) => delivery,
         Err(why) => {
@@ -77,11 +85,12 @@ async fn process(
     };
     match outcome {
         Outcome::Stored { id, stale } => {
-            tracing::info!(%invocation_id, %message_id, user_id = %id, stale, "message stored");
+            let user_id = crate::telemetry::loggable_user_id(id.as_str());
+            tracing::info!(%invocation_id, %message_id, %user_id, stale, "message stored");
             let line = if stale {
-                format!("message {message_id}: a newer version of user {id} is stored already")
+                format!("message {message_id}: a newer version of user {user_id} is stored already")
             } else {
-                format!("message {message_id}: stored user {id}")
+                format!("message {message_id}: stored user {user_id}")
             };
             (Ok(answer(line)), Some(id.to_string()))
         }
@@ -126,8 +135,10 @@ async fn park(
         return (Err(error), None);
     }
     metrics::consumed("dead_lettered", 1);
-    tracing::warn!(%invocation_id, %message_id, %reason, "message dead-lettered");
-    (Ok(answer(format!("message {message_id}: dead-lettered: {reason}"))), None)
+    // The host logs the answer: it gets the summary too.
+    let why = crate::telemetry::loggable_reason(&reason);
+    tracing::warn!(%invocation_id, %message_id, reason = %why, "message dead-lettered");
+    (Ok(answer(format!("message {message_id}: dead-lettered: {why}"))), None)
 }
 
 fn answer(log: String) -> Response {
@@ -203,7 +214,8 @@ fn integer(metadata: &Map<String, Value>, key: &str) -> Option<i64> {
 fn parse_utc(raw: &str) -> Option<OffsetDateTime> {
     let raw = raw.trim();
     if let Ok(t) = OffsetDateTime::parse(raw, &Rfc3339) {
-        return Some(t.to_offset(time::UtcOffset::UTC));
+        // None when the time leaves the years 0000 to 9999 once in UTC.
+        return t.checked_to_offset(time::UtcOffset::UTC).filter(|t| (0..=9999).contains(&t.year()));
     }
     let local = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]");
     PrimitiveDateTime::parse(raw, local).ok().map(PrimitiveDateTime::assume_utc)
@@ -226,6 +238,9 @@ mod tests {
         }
         assert_eq!(parse_utc("2023-10-12T20:13:49.5").unwrap().millisecond(), 500);
         assert_eq!(parse_utc("yesterday"), None);
+        // Valid RFC 3339, but outside the years 0000-9999 once in UTC: refused, no panic.
+        assert_eq!(parse_utc("9999-12-31T23:59:59-23:59"), None);
+        assert_eq!(parse_utc("0000-01-01T00:00:00+23:59"), None);
     }
 
     #[test]

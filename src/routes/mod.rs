@@ -15,10 +15,11 @@ mod users;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::routing::{get, post};
 use axum::Router;
+use futures::FutureExt;
 
 use crate::broker::{DeadLetterStore, Publisher};
 use crate::clock::Clock;
@@ -31,7 +32,7 @@ use problem::ApiError;
 pub const CONSUME_PATH: &str = "/ingest-consume";
 /// The largest invocation payload the consume route reads: a 256 KB Service Bus message,
 /// base64'd and wrapped in the host's JSON, with room to spare.
-const MAX_INVOCATION_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_INVOCATION_BYTES: usize = 4 * 1024 * 1024;
 
 /// Everything the handlers share: one allocation, so the clone each extractor and middleware
 /// makes per request is one reference count, not a dozen.
@@ -86,7 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/openapi.json", get(openapi::spec))
         .route("/api/users", post(ingest::create_user))
         .route("/api/users/{user_id}", get(users::get_user))
-        .route(CONSUME_PATH, post(consume::consume).layer(DefaultBodyLimit::max(MAX_INVOCATION_BYTES)))
+        .route(CONSUME_PATH, post(consume::consume))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
@@ -111,7 +112,19 @@ async fn access_log(request: Request, next: Next) -> axum::response::Response {
     let route = request.extensions().get::<MatchedPath>().cloned();
     let invocation_id = request.headers().get("x-azure-functions-invocationid").cloned();
     let traceparent = request.headers().get("traceparent").cloned();
-    let response = next.run(request).await;
+    // A panic is a bug; it must still end in an answer (and a log line) rather than a reset
+    // connection, and never take the process down.
+    let response = match std::panic::AssertUnwindSafe(next.run(request)).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!(
+                route = route.as_ref().map_or("unmatched", |r| r.as_str()),
+                "a handler panicked; answering 500"
+            );
+            crate::telemetry::metrics::registry().add(&crate::telemetry::metrics::PANICS, &["http"], 1);
+            axum::response::IntoResponse::into_response(ApiError::Internal)
+        }
+    };
     let ids = response.extensions().get::<LogIds>();
     crate::telemetry::access(&crate::telemetry::Access {
         method: &method,

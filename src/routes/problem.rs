@@ -31,6 +31,8 @@ pub enum ApiError {
     BodyRead(String),
     #[error("unsupported content type")]
     UnsupportedMediaType { got: Option<String> },
+    #[error("unsupported content encoding")]
+    UnsupportedEncoding { got: String },
     #[error("the {name} header {why}")]
     InvalidHeader { name: &'static str, why: &'static str },
     #[error("the Idempotency-Key was used for another request")]
@@ -48,6 +50,9 @@ pub enum ApiError {
     Overloaded { retry_after: Duration },
     #[error("the invocation is malformed: {0}")]
     InvalidInvocation(String),
+    /// A bug: a handler panicked. Logged, counted, and answered as a problem like any other.
+    #[error("internal error")]
+    Internal,
 }
 
 #[derive(Serialize)]
@@ -76,13 +81,16 @@ impl ApiError {
             Self::BodyRead(_) => StatusCode::BAD_REQUEST,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::TooLarge { .. } | Self::TooManyRecords { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UnsupportedMediaType { .. } | Self::UnsupportedEncoding { .. } => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
             Self::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable { .. } | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -136,9 +144,14 @@ impl IntoResponse for ApiError {
                 "/problems/unsupported-media-type",
                 "Unsupported media type",
                 format!(
-                    "The body must be sent as Content-Type: application/json, not {}.",
+                    "The body must be sent as Content-Type: application/json, in UTF-8 (a charset, if given, must be utf-8), not {}.",
                     got.as_deref().map_or("without a content type".to_owned(), |g| format!("{g:?}"))
                 ),
+            ),
+            Self::UnsupportedEncoding { got } => (
+                "/problems/unsupported-media-type",
+                "Unsupported content encoding",
+                format!("The body must be sent uncompressed (no Content-Encoding, or identity), not {got:?}."),
             ),
             Self::InvalidHeader { name, why } => {
                 ("/problems/invalid-header", "Invalid header", format!("The {name} header {why}."))
@@ -186,6 +199,13 @@ impl IntoResponse for ApiError {
                 "Malformed invocation",
                 format!("The invocation payload is malformed: {why}."),
             ),
+            Self::Internal => (
+                "/problems/internal",
+                "Internal error",
+                "The service failed while handling this request (a bug, logged). Whether it was accepted is unknown: \
+                 retry it with the same Idempotency-Key, which is always safe."
+                    .into(),
+            ),
         };
         let errors = match &self {
             Self::InvalidRecord(errors) | Self::InvalidBatch(errors) => Some(errors.as_slice()),
@@ -226,4 +246,32 @@ fn field_list(errors: &[FieldError]) -> String {
         .map(|e| if e.field.is_empty() { e.message.clone() } else { format!("{} {}", e.field, e.message) })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{access_log, problem};
+    use axum::extract::Request;
+    use axum::routing::get;
+    use axum::Router;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_with_a_problem_not_a_reset() {
+        async fn buggy() -> &'static str {
+            panic!("a bug")
+        }
+        let app = Router::new().route("/bug", get(buggy)).layer(axum::middleware::from_fn(access_log));
+        use crate::telemetry::metrics::{registry, PANICS};
+        let panics = || registry().counter_total(&PANICS, |labels| labels == ["http"]);
+        let before = panics();
+        let request = Request::builder().uri("/bug").body(axum::body::Body::empty()).unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()["content-type"], problem::PROBLEM_JSON);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["type"], "/problems/internal");
+        assert_eq!(panics(), before + 1);
+    }
 }

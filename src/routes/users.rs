@@ -21,7 +21,8 @@ pub async fn get_user(
     let read = state.store.get(&id).await;
     metrics::store_operation("read", read.is_ok(), started.elapsed());
     let user = read.map_err(|e| {
-        tracing::warn!(error = %e, user_id = %id, "store read failed; answering 503");
+        let user_id = crate::telemetry::loggable_user_id(id.as_str());
+        tracing::warn!(error = %e, %user_id, "store read failed; answering 503");
         ApiError::Unavailable { what: "store", retry_after: e.retry_after() }
     })?;
     let Some(user) = user else {

@@ -132,6 +132,34 @@ pub async fn refresh_gauges() {
 }
 
 /// One request, as its access-log line, its metrics and its trace item report it.
+/// A user id as telemetry may carry it: as it is, unless it holds an `@` (ids are the
+/// client's choice, and some choose the user's email address): then `sha256:` and the first
+/// 16 hex digits of its digest, the same for the same id, so log lines still correlate.
+pub fn loggable_user_id(id: &str) -> std::borrow::Cow<'_, str> {
+    use sha2::Digest;
+    if !id.contains('@') {
+        return std::borrow::Cow::Borrowed(id);
+    }
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    std::borrow::Cow::Owned(format!("sha256:{hex}"))
+}
+
+/// Why a message was parked, as telemetry may carry it: a record's field errors name the
+/// fields the producer sent (any key, even an address) and are summed up as a count; the
+/// whole reason stays with the dead letter, for an operator to read.
+pub fn loggable_reason(reason: &str) -> std::borrow::Cow<'_, str> {
+    match reason.strip_prefix("invalid user record:") {
+        Some(fields) => {
+            let count = fields.split("; ").count();
+            std::borrow::Cow::Owned(format!(
+                "invalid user record ({count} field error(s); the dead letter has them)"
+            ))
+        }
+        None => std::borrow::Cow::Borrowed(reason),
+    }
+}
+
 pub struct Access<'a> {
     pub method: &'a http::Method,
     pub route: &'a str,
@@ -192,7 +220,7 @@ fn access_line(a: &Access<'_>, method: &str) {
     for (name, value) in [
         ("invocation_id", a.invocation_id),
         ("trace_id", a.trace_id),
-        ("user_id", a.user_id),
+        ("user_id", a.user_id.map(loggable_user_id).as_deref()),
         ("message_id", a.message_id),
     ] {
         if let Some(value) = value.filter(|v| !v.is_empty()) {
