@@ -364,6 +364,14 @@ def test_evaluation_is_at_least_as_frequent_as_the_window(tf):
         assert minutes(body["frequency"]) <= minutes(body["window_size"]), name
 
 
+def test_the_error_rate_counts_the_hosts_failed_invocations_too(tf):
+    """A crash or a hang past the function timeout never reaches http_requests_total."""
+    kql = render(tf, criteria(log_alerts(tf)["error_rate"])["query"])
+    assert re.search(r"\brequests\s*\|\s*where cloud_RoleName =~ \"\$\{azurerm_linux_function_app\.main\.name\}\"", kql), kql
+    assert "success == false" in kql and 'operation_Name != "health"' in kql
+    assert "union binary, host" in kql and "error_ratio = max(error_ratio)" in kql
+
+
 def test_function_error_rate_is_5xx_above_1_percent_over_10_minutes(tf):
     alert = log_alerts(tf)["error_rate"]
     crit = criteria(alert)
@@ -380,16 +388,19 @@ def test_function_error_rate_is_5xx_above_1_percent_over_10_minutes(tf):
     assert tf.locals["error_rate_min_failed_requests"] == 3
 
 
-def test_message_processing_time_is_a_mean_above_5_seconds_over_15_minutes(tf):
+def test_message_processing_time_fires_on_the_slowest_message_above_5_seconds_in_every_slice(tf):
+    """The maximum, not a mean that a slow tenth of the traffic would barely move; in every
+    5-minute slice of 10 minutes (at least two), so one retried message cannot fire it."""
     alert = log_alerts(tf)["processing_time"]
     crit = criteria(alert)
     kql = render(tf, crit["query"])
-    assert crit["threshold"] == 5 and crit["metric_measure_column"] == "mean_seconds"
-    assert alert["window_duration"] == "PT15M" and alert["evaluation_frequency"] == "PT5M"
+    assert crit["threshold"] == 5 and crit["metric_measure_column"] == "slowest_seconds"
+    assert crit["operator"] == "GreaterThan" and crit["time_aggregation_method"] == "Maximum"
+    assert alert["window_duration"] == "PT10M" and alert["evaluation_frequency"] == "PT5M"
     assert alert["severity"] == 2
     assert metric_names_in(kql) == {"message_processing_seconds"}
-    assert "sum(valueSum)" in kql and "sum(valueCount)" in kql and "seconds / messages" in kql
-    assert "messages >= 10" in kql
+    assert "slowest = max(valueMax)" in kql and "by slice = bin(timestamp, 5m)" in kql
+    assert "slowest_seconds = min(slowest)" in kql and "iff(slices >= 2, slowest_seconds, 0.0)" in kql
 
 
 def test_service_bus_dead_letters_alert_on_any_message_in_the_topics_dead_letter_queue(tf):
