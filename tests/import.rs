@@ -291,3 +291,48 @@ fn record_by_record_and_batched_imports_store_the_same_users() {
         assert_eq!(a, b, "{id}: the same ids and fields either way");
     }
 }
+
+#[test]
+fn later_lines_for_the_same_id_are_never_overtaken_by_earlier_ones() {
+    // Five users, each updated 60 times, interleaved; sent one record at a time with many in
+    // flight: the version stored must be each user's LAST line, as the file orders them.
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let file = dir.path().join("updates.ndjson");
+    let mut lines = String::new();
+    for version in 1..=60 {
+        for user in 0..5 {
+            let record = serde_json::json!({"id": format!("upd-{user}"), "name": format!("Version {version}"), "email": "v@example.com", "age": version});
+            lines.push_str(&format!("{record}\n"));
+        }
+    }
+    std::fs::write(&file, lines).unwrap();
+    for batch_size in ["1", "3"] {
+        let output = Command::new(BIN)
+            .args(["import", "--url", &server.base, "--restart", "--quiet", "--concurrency", "32"])
+            .args(["--batch-size", batch_size])
+            .arg(&file)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        support::eventually("the queue is drained", Duration::from_secs(30), || {
+            support::queued(&server.data_dir) == 0
+        });
+        let client = blocking_client();
+        for user in 0..5 {
+            let doc = wait_for_user(&client, &server, &format!("upd-{user}"), Duration::from_secs(10));
+            assert_eq!(doc["name"], "Version 60", "batch size {batch_size}, user {user}: {doc}");
+        }
+        // The next round must prove itself: set every user back to an old version first.
+        for user in 0..5 {
+            let body =
+                serde_json::json!({"id": format!("upd-{user}"), "name": "Reset", "email": "v@example.com"});
+            assert_eq!(support::post_user(&client, &server, &body.to_string()).0, 202);
+            support::eventually("the reset is stored", Duration::from_secs(10), || {
+                wait_for_user(&client, &server, &format!("upd-{user}"), Duration::from_secs(10))["name"]
+                    == "Reset"
+            });
+        }
+    }
+}

@@ -9,7 +9,7 @@
 //! backoff, honouring `Retry-After`; records a batch answers 503 for are sent again.
 //! Field errors are final and reported with the record.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -260,25 +260,51 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<Summary> {
 
     let api_key = args.api_key.clone();
     let max_attempts = args.max_attempts.max(1);
-    let mut results = futures::stream::iter(pending)
-        .map(|(number, batch)| {
-            let client = client.clone();
-            let endpoint = endpoint.clone();
-            let api_key = api_key.clone();
-            async move {
-                let outcomes = if batch_size == 1 {
-                    vec![send_one(&client, &endpoint, api_key.as_deref(), &batch[0], max_attempts).await]
-                } else {
-                    send_batch(&client, &endpoint, api_key.as_deref(), &batch, max_attempts).await
-                };
-                (number, batch, outcomes)
-            }
-        })
-        .buffer_unordered(concurrency);
+    let send = |number: usize, batch: Vec<Record>, ids: Vec<String>| {
+        let client = client.clone();
+        let endpoint = endpoint.clone();
+        let api_key = api_key.clone();
+        async move {
+            let outcomes = if batch_size == 1 {
+                vec![send_one(&client, &endpoint, api_key.as_deref(), &batch[0], max_attempts).await]
+            } else {
+                send_batch(&client, &endpoint, api_key.as_deref(), &batch, max_attempts).await
+            };
+            (number, batch, outcomes, ids)
+        }
+    };
+    // Batches start in file order, up to `concurrency` at a time, but never while an earlier
+    // one still in flight holds one of their ids: the service orders the versions of a user by
+    // when it accepted them, so a later line of the file must not overtake an earlier one.
+    let mut pending = pending.into_iter().peekable();
+    let mut running = futures::stream::FuturesUnordered::new();
+    let mut in_flight: HashMap<String, usize> = HashMap::new();
 
     let mut done = summary.skipped;
     let mut last_saved = Instant::now();
-    while let Some((number, batch, outcomes)) = results.next().await {
+    loop {
+        while running.len() < concurrency {
+            let Some((_, next)) = pending.peek() else { break };
+            let ids: Vec<String> =
+                next.iter().filter_map(|r| r.body.get("id")?.as_str().map(str::to_owned)).collect();
+            if ids.iter().any(|id| in_flight.contains_key(id)) {
+                break;
+            }
+            let (number, batch) = pending.next().expect("peeked");
+            for id in &ids {
+                *in_flight.entry(id.clone()).or_default() += 1;
+            }
+            running.push(send(number, batch, ids));
+        }
+        let Some((number, batch, outcomes, ids)) = running.next().await else { break };
+        for id in ids {
+            if let std::collections::hash_map::Entry::Occupied(mut slot) = in_flight.entry(id) {
+                *slot.get_mut() -= 1;
+                if *slot.get() == 0 {
+                    slot.remove();
+                }
+            }
+        }
         let mut complete = true;
         for (record, outcome) in batch.iter().zip(outcomes) {
             match outcome {
