@@ -80,6 +80,7 @@ fn app_state(
         in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
         api_key: config.api_key.clone(),
         backend,
+        health: tokio::sync::Mutex::new(None),
     })
 }
 

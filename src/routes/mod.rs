@@ -74,6 +74,8 @@ pub struct Shared {
     /// When set, what every request but the probes must carry.
     pub api_key: Option<crate::config::Secret>,
     pub backend: &'static str,
+    /// The latest health answer and when it was computed (see [`health::health`]).
+    pub health: tokio::sync::Mutex<Option<health::Checked>>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -103,13 +103,18 @@ impl SqliteUserStore {
         .await
     }
 
-    /// How many users are stored.
+    /// How many users are stored: a scan of the table, so on a multi-threaded runtime it
+    /// tells the runtime it blocks (other tasks move off this thread meanwhile).
     pub async fn count(&self) -> Result<u64, StoreError> {
-        self.read(|conn| {
-            conn.prepare_cached("SELECT COUNT(*) FROM users")?.query_row([], |r| r.get::<_, i64>(0))
-        })
-        .await
-        .map(|n| n as u64)
+        let count = || {
+            futures::executor::block_on(self.read(|conn| {
+                conn.prepare_cached("SELECT COUNT(*) FROM users")?.query_row([], |r| r.get::<_, i64>(0))
+            }))
+        };
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let n = if multi_threaded { tokio::task::block_in_place(count) } else { count() }?;
+        Ok(n as u64)
     }
 
     /// Runs a read on a pooled connection, inline: a point read by primary key takes
