@@ -108,6 +108,7 @@ pub struct SqliteQueue {
     jobs: mpsc::Sender<Job>,
     reader: Arc<Mutex<Connection>>,
     published: Arc<Notify>,
+    _checkpoints: crate::wal::Checkpointer,
 }
 
 impl SqliteQueue {
@@ -116,6 +117,7 @@ impl SqliteQueue {
         let writer = open_connection(path)?;
         writer.execute_batch(SCHEMA)?;
         prune_keys(&writer)?;
+        let checkpoints = crate::wal::start(&writer, path, "queue")?;
         let reader = open_connection(path)?;
         let (jobs, receiver) = mpsc::channel(MAX_PENDING_COMMANDS);
         let published = Arc::new(Notify::new());
@@ -123,7 +125,7 @@ impl SqliteQueue {
         std::thread::Builder::new()
             .name("queue-writer".into())
             .spawn(move || write_loop(writer, receiver, notify))?;
-        Ok(Self { jobs, reader: Arc::new(Mutex::new(reader)), published })
+        Ok(Self { jobs, reader: Arc::new(Mutex::new(reader)), published, _checkpoints: checkpoints })
     }
 
     /// Resolves when a publish has committed since the last call (or already had).
