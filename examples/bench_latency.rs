@@ -31,12 +31,15 @@ async fn main() {
     let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let total = (rate * seconds) as usize;
     let interval = Duration::from_secs_f64(1.0 / rate);
+    // Ids of this run only: a document left by an earlier run would be "readable" at once.
+    let run = format!("lat{}-{}", std::process::id(), started_at_ms());
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(total);
     for i in 0..total {
         let due = started + interval.mul_f64(i as f64);
         tokio::time::sleep_until(due.into()).await;
-        let body = bodies[i % bodies.len()].replace("__ID__", &format!("lat-{i}"));
+        let id = format!("{run}-{i}");
+        let body = bodies[i % bodies.len()].replace("__ID__", &id);
         let (client, base, latencies, accepted, errors) =
             (client.clone(), base.clone(), latencies.clone(), accepted.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
@@ -59,7 +62,7 @@ async fn main() {
                 return;
             }
             let acked = Instant::now();
-            let url = format!("{base}/api/users/lat-{i}");
+            let url = format!("{base}/api/users/{id}");
             loop {
                 if let Ok(r) = client.get(&url).send().await {
                     if r.status() == 200 {
@@ -94,4 +97,8 @@ async fn main() {
             "max_ms": l.last().copied().unwrap_or(f64::NAN),
         })
     );
+}
+
+fn started_at_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
 }
