@@ -9,17 +9,6 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 use data_ingestion_api::cli::{completions, deadletters, export, get, import, restore, store_settings_help};
 use data_ingestion_api::{app, config, telemetry};
 
-/// mimalloc rather than glibc's malloc: a request allocates and frees many small buffers on
-/// whichever runtime thread runs it, where glibc's arenas spent a sixth of the service's CPU
-/// (malloc, free, consolidation) in the POST profile. Freed memory is returned to the OS at
-/// once rather than after mimalloc's default 10 ms (see `main`): under load that delay kept
-/// ~20 MiB more resident for no measurable gain in throughput.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` in mimalloc's `mi_option_e` (v3; the crate names no constant for it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
 const LONG_ABOUT: &str = "\
 Ingests user records over HTTP, queues them durably in a topic (an embedded SQLite queue, or
 Azure Service Bus), stores them in a document store (embedded SQLite, or Cosmos DB) and serves
@@ -160,8 +149,6 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    // SAFETY: sets a plain option of the allocator, before any thread but this one exists.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Import(args)) => import::main(args),
