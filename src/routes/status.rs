@@ -3,8 +3,9 @@
 //! `GET /status.json` (the same registry `/metrics` serves). Self-contained: no external
 //! scripts, styles or fonts, so it works offline and under a strict CSP.
 
-use std::sync::OnceLock;
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::header;
@@ -41,7 +42,12 @@ pub async fn snapshot(State(state): State<AppState>) -> Response {
             .counter_total(&metrics::MESSAGES_CONSUMED, |labels| labels.first().is_some_and(|l| l == name))
     };
     let processing = registry.histogram_total(&metrics::PROCESSING_TIME);
-    let ms = |q: f64| processing.quantile(q).map(|s| (s * 1e5).round() / 100.0);
+    let (recent, window) = {
+        static HISTORY: Mutex<VecDeque<(Instant, metrics::HistogramSnapshot)>> = Mutex::new(VecDeque::new());
+        let mut history = HISTORY.lock().unwrap_or_else(|p| p.into_inner());
+        windowed(&mut history, Instant::now(), &processing)
+    };
+    let ms = |q: f64| recent.quantile(q).map(|s| (s * 1e5).round() / 100.0);
     let gauge = |def: &'static metrics::Def| -> Value {
         registry
             .snapshot()
@@ -74,6 +80,8 @@ pub async fn snapshot(State(state): State<AppState>) -> Response {
         "requests": {"total": requests, "serverErrors": server_errors},
         "processingTime": {
             "count": processing.count,
+            "windowSeconds": (window.as_secs_f64() * 10.0).round() / 10.0,
+            "windowCount": recent.count,
             "p50Ms": ms(0.5),
             "p95Ms": ms(0.95),
             "p99Ms": ms(0.99),
@@ -81,4 +89,67 @@ pub async fn snapshot(State(state): State<AppState>) -> Response {
         "queue": {"depth": gauge(&metrics::QUEUE_DEPTH), "deadLetters": gauge(&metrics::DEAD_LETTERS)},
     });
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+/// The window the page's percentiles cover: a lifetime's percentiles would stop moving after
+/// an hour, hiding a slowdown that is happening now.
+const WINDOW: Duration = Duration::from_secs(60);
+
+/// What was observed in about the last [`WINDOW`], and how long that really is. `history`
+/// holds earlier totals, one a second at most, from the calls of this page; the base is the
+/// newest that is at least [`WINDOW`] old (older ones are dropped), or the start of the
+/// process while none is. With calls further apart than the window, the window is the time
+/// since the previous call.
+fn windowed(
+    history: &mut VecDeque<(Instant, metrics::HistogramSnapshot)>,
+    now: Instant,
+    current: &metrics::HistogramSnapshot,
+) -> (metrics::HistogramSnapshot, Duration) {
+    while history.len() >= 2 && now.duration_since(history[1].0) >= WINDOW {
+        history.pop_front();
+    }
+    let (base_at, base) = match history.front() {
+        Some((at, snapshot)) if now.duration_since(*at) >= WINDOW => (*at, snapshot.clone()),
+        _ => (started(), metrics::HistogramSnapshot::default()),
+    };
+    if history.back().is_none_or(|(at, _)| now.duration_since(*at) >= Duration::from_secs(1)) {
+        history.push_back((now, current.clone()));
+    }
+    (current.since(&base), now.duration_since(base_at.min(now)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(count: u64, seconds_each: f64) -> metrics::HistogramSnapshot {
+        let mut h = metrics::HistogramSnapshot::default();
+        let bucket = metrics::BUCKETS.iter().position(|b| seconds_each <= *b).unwrap();
+        h.buckets[bucket] = count;
+        h.count = count;
+        h.sum = count as f64 * seconds_each;
+        h
+    }
+
+    #[test]
+    fn the_percentiles_cover_the_last_minute_not_the_lifetime() {
+        let mut history = VecDeque::new();
+        let t0 = started() + Duration::from_secs(1);
+        // A slow first minute: 1000 messages of 2 s.
+        let slow = with(1000, 2.0);
+        let (recent, _) = windowed(&mut history, t0, &slow);
+        assert_eq!(recent.count, 1000);
+        // Then a fast minute: 1000 more of 3 ms. A lifetime p50 would still say seconds.
+        let mut both = slow.clone();
+        both.merge(&with(1000, 0.003));
+        let (recent, window) = windowed(&mut history, t0 + Duration::from_secs(61), &both);
+        assert_eq!(recent.count, 1000, "only the last minute's messages");
+        assert!(recent.quantile(0.99).unwrap() <= 0.005, "{:?}", recent.quantile(0.99));
+        assert!(both.quantile(0.5).unwrap() >= 0.003 && both.quantile(0.99).unwrap() >= 1.0);
+        assert!((61.0..=62.0).contains(&window.as_secs_f64()), "{window:?}");
+        // A minute later with nothing new: an empty window, no percentiles.
+        let (recent, _) = windowed(&mut history, t0 + Duration::from_secs(122), &both);
+        assert_eq!(recent.count, 0);
+        assert_eq!(recent.quantile(0.5), None);
+    }
 }
