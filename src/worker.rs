@@ -131,8 +131,7 @@ fn settle(
     let sequence = delivery.sequence;
     match outcome {
         Outcome::Stored { id, stale } => {
-            let user_id = crate::telemetry::loggable_user_id(id.as_str());
-            tracing::info!(message_id = %delivery.message_id, %user_id, stale, "message stored");
+            crate::telemetry::message_stored(None, &delivery.message_id, id.as_str(), stale);
             Settlement::Complete { sequence }
         }
         Outcome::Poison { reason } => {

@@ -85,8 +85,8 @@ async fn process(
     };
     match outcome {
         Outcome::Stored { id, stale } => {
+            crate::telemetry::message_stored(Some(invocation_id), &message_id, id.as_str(), stale);
             let user_id = crate::telemetry::loggable_user_id(id.as_str());
-            tracing::info!(%invocation_id, %message_id, %user_id, stale, "message stored");
             let line = if stale {
                 format!("message {message_id}: a newer version of user {user_id} is stored already")
             } else {
