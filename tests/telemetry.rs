@@ -284,6 +284,16 @@ fn application_insights_gets_requests_in_the_hosts_trace_and_the_metrics_the_ale
     assert_eq!(stored, 2.0);
     let logs = server.stop();
     assert!(!logs.contains(support::appinsights::IKEY), "the instrumentation key was logged");
+    // One JSON line per message as well as per request, with the ids that find it.
+    let lines: Vec<Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let stored: Vec<&Value> = lines.iter().filter(|l| l["message"] == "message stored").collect();
+    assert_eq!(stored.len(), 2, "{logs}");
+    let by_host = stored.iter().find(|l| l["user_id"] == "via-host").expect("the host's message");
+    assert_eq!(by_host["invocation_id"], "invocation-43");
+    assert_eq!((by_host["message_id"].as_str(), by_host["level"].as_str()), (Some("m-host"), Some("INFO")));
+    assert_eq!(by_host["stale"], false);
+    let by_worker = stored.iter().find(|l| l["user_id"] == "metrics-1").expect("the worker's message");
+    assert!(by_worker["message_id"].is_string() && by_worker["timestamp"].is_string(), "{by_worker}");
 }
 
 #[test]
