@@ -298,11 +298,12 @@ fn write_loop(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, published: Ar
         } else {
             commit_group(&mut conn, &group).map_err(|e| e.to_string())
         };
+        // The worker is woken when a message was inserted (not for a replayed key).
         let any_publish = match &result {
-            Ok(done) => {
-                done.contains(&Done::Applied)
-                    && group.iter().any(|j| matches!(j.command, Command::Publish(..)))
-            }
+            Ok(done) => group
+                .iter()
+                .zip(done)
+                .any(|(job, done)| matches!(job.command, Command::Publish(..)) && *done == Done::Applied),
             Err(e) => {
                 tracing::error!(error = %e, commands = group.len(), "queue commit failed");
                 false
