@@ -18,9 +18,11 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/data-ingestion-api")
-BASELINE = os.path.join(ROOT, "target/release/examples/baseline_echo")
-LATENCY = os.path.join(ROOT, "target/release/examples/bench_latency")
+# Cargo's target directory, wherever CARGO_TARGET_DIR puts it (relative to the repository).
+TARGET = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR", "target"))
+BIN = os.path.join(TARGET, "release/data-ingestion-api")
+BASELINE = os.path.join(TARGET, "release/examples/baseline_echo")
+LATENCY = os.path.join(TARGET, "release/examples/bench_latency")
 USERS = os.path.join(ROOT, "tests/data/users.ndjson")
 IMPORT_RECORDS = 20_000
 

@@ -120,7 +120,7 @@ pub fn check_message(
     enqueued_at: OffsetDateTime,
 ) -> Result<UserDocument, String> {
     let value = decode(body)?;
-    UserDocument::from_message(value, message_id, enqueued_at).map_err(|errors| {
+    let doc = UserDocument::from_message(value, message_id, enqueued_at).map_err(|errors| {
         let fields: Vec<String> =
             errors
                 .iter()
@@ -133,7 +133,17 @@ pub fn check_message(
                 })
                 .collect();
         format!("invalid user record: {}", fields.join("; "))
-    })
+    })?;
+    // A version from the future would win over every update until then: a producer's clock
+    // or data is wrong. An hour allows for clock skew between producers.
+    let latest = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    if doc.ingested_at > latest {
+        return Err(format!(
+            "invalid user record: ingestedAt: {} is more than an hour in the future",
+            doc.ingested_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+        ));
+    }
+    Ok(doc)
 }
 
 /// How many times a body may be wrapped in a JSON string before we give up.

@@ -137,7 +137,8 @@ fn settle(
         Outcome::Poison { reason } => {
             metrics::consumed("dead_lettered", 1);
             let why = crate::telemetry::loggable_reason(&reason);
-            tracing::warn!(message_id = %delivery.message_id, reason = %why, "message dead-lettered");
+            let message_id = crate::telemetry::loggable_id(&delivery.message_id);
+            tracing::warn!(%message_id, reason = %why, "message dead-lettered");
             Settlement::DeadLetter { sequence, reason }
         }
         // The store is down, locked or throttled: not this message's fault. The worker backs
@@ -147,7 +148,7 @@ fn settle(
             metrics::consumed("retried", 1);
             let delay = config.backoff(failures_in_a_row.max(1)).max(e.retry_after().min(config.retry_max));
             tracing::warn!(
-                message_id = %delivery.message_id, delivery_count = delivery.delivery_count,
+                message_id = %crate::telemetry::loggable_id(&delivery.message_id), delivery_count = delivery.delivery_count,
                 retry_in_ms = delay.as_millis() as u64, error = %e, "store unavailable; message will be retried"
             );
             Settlement::Retry {

@@ -204,3 +204,28 @@ fn a_body_in_another_charset_or_compressed_gets_415_naming_what_to_send() {
     }
     assert_eq!(support::queued(dir.path()), 2, "only the UTF-8, uncompressed ones");
 }
+
+#[test]
+fn a_key_twice_in_one_object_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[("INGEST_WORKER", "off")]);
+    let client = blocking_client();
+    for body in [
+        r#"{"id":"dup1","name":"First","name":"Second","email":"a@example.com"}"#,
+        r#"{"id":"dupA","id":"dupB","name":"X","email":"a@example.com"}"#,
+        r#"{"name":"X","email":"a@example.com","attributes":{"k":1,"k":2}}"#,
+        r#"[{"name":"X","email":"a@example.com","email":"b@example.com"}]"#,
+    ] {
+        let r = client
+            .post(server.url("/api/users"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let problem: Value = r.json().unwrap();
+        assert_eq!(problem["type"], "/problems/invalid-json");
+        assert!(problem["detail"].as_str().unwrap().contains("appears twice"), "{problem}");
+    }
+    assert_eq!(support::queued(dir.path()), 0);
+}

@@ -250,3 +250,39 @@ fn through_service_bus_a_retry_sends_nothing_again() {
     assert_eq!(post(&server, None, &record).0, 202);
     assert_eq!(servicebus.captured().len(), 3);
 }
+
+#[test]
+fn distinct_keys_never_share_an_id_and_a_key_is_sent_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[]);
+    // A batch's record 0 under `abcX` and a single record under `0:abcX`: two users.
+    let (status, batch, _) =
+        post(&server, Some("abcX"), &json!([{"name": "Batch Person", "email": "batch@example.com"}]));
+    assert_eq!(status, 200, "{batch}");
+    let (status, single, _) =
+        post(&server, Some("0:abcX"), &json!({"name": "Single Person", "email": "single@example.com"}));
+    assert_eq!(status, 202);
+    let batch_id = batch["results"][0]["id"].as_str().unwrap().to_owned();
+    let single_id = single["id"].as_str().unwrap().to_owned();
+    assert_ne!(batch_id, single_id);
+    assert_eq!(
+        wait_for_user(&blocking_client(), &server, &batch_id, Duration::from_secs(10))["name"],
+        "Batch Person"
+    );
+    assert_eq!(
+        wait_for_user(&blocking_client(), &server, &single_id, Duration::from_secs(10))["name"],
+        "Single Person"
+    );
+
+    let r = blocking_client()
+        .post(server.url("/api/users"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "one")
+        .header("idempotency-key", "two")
+        .body(json!({"name": "Two Keys", "email": "k@example.com"}).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("once"), "{problem}");
+}

@@ -364,6 +364,30 @@ fn no_name_or_email_of_the_2000_users_reaches_logs_metrics_status_or_exported_te
             .unwrap();
         assert_eq!(r.status(), 200);
         assert!(!r.text().unwrap().contains(&email), "the host logs the answer");
+        // Another producer's metadata may hold an address too: as MessageId and CorrelationId
+        // of a stored message and of a poison one, and as an unreadable EnqueuedTimeUtc.
+        for message in [u.clone(), poison.clone()] {
+            let mut host: Value = serde_json::from_str(&invocation(&message, &email)).unwrap();
+            host["Metadata"]["CorrelationId"] = json!(email);
+            let r = client
+                .post(server.url("/ingest-consume"))
+                .header("content-type", "application/json")
+                .body(host.to_string())
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert!(!r.text().unwrap().contains(&email), "the host logs the answer");
+        }
+        let mut host: Value = serde_json::from_str(&invocation(u, &format!("pii-time-{i}"))).unwrap();
+        host["Metadata"]["EnqueuedTimeUtc"] = json!(format!("{email} {}", u["name"].as_str().unwrap()));
+        let r = client
+            .post(server.url("/ingest-consume"))
+            .header("content-type", "application/json")
+            .body(host.to_string())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        assert!(!r.text().unwrap().contains(&email));
     }
     for u in users.iter().filter_map(|u| u["id"].as_str()).take(100) {
         wait_for_user(&client, &server, u, Duration::from_secs(30));

@@ -104,6 +104,7 @@ fn document(line: &str) -> Result<UserDocument, String> {
         .ok_or("no ingestedAt: not a line of an export")?;
     let ingested_at = OffsetDateTime::parse(&ingested, &Rfc3339)
         .map_err(|_| format!("ingestedAt {ingested:?} is not RFC 3339"))?;
+    crate::domain::check_ingested_at(ingested_at).map_err(|why| format!("ingestedAt {ingested:?} {why}"))?;
     if value.get("id").is_none_or(Value::is_null) {
         return Err("no id: not a line of an export".into());
     }

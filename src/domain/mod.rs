@@ -8,6 +8,6 @@ mod email;
 mod user;
 
 pub use user::{
-    json_kind, FieldError, NewUser, UserDocument, UserId, MAX_ATTRIBUTES_BYTES, MAX_ATTRIBUTES_DEPTH,
-    MAX_NAME_CHARS,
+    check_ingested_at, json_kind, FieldError, NewUser, UserDocument, UserId, INGESTED_AT_RANGE,
+    MAX_ATTRIBUTES_BYTES, MAX_ATTRIBUTES_DEPTH, MAX_NAME_CHARS,
 };

@@ -14,6 +14,21 @@ pub const MAX_ATTRIBUTES_BYTES: usize = 16 * 1024;
 /// The deepest `attributes` may nest; the object itself is level 1.
 pub const MAX_ATTRIBUTES_DEPTH: usize = 8;
 const MAX_ID_LEN: usize = 128;
+
+/// The ingestion times a version may carry. The embedded store orders versions by
+/// nanoseconds since 1970 in a signed 64-bit integer, which ends on 2262-04-11: past it (or
+/// before 1970) a comparison would wrap and an old version overwrite a newer one.
+pub const INGESTED_AT_RANGE: std::ops::Range<OffsetDateTime> =
+    time::macros::datetime!(1970-01-01 0:00 UTC)..time::macros::datetime!(2262-01-01 0:00 UTC);
+
+/// Why an ingestion time taken from outside (a message, an export) cannot be stored.
+pub fn check_ingested_at(t: OffsetDateTime) -> Result<(), &'static str> {
+    if INGESTED_AT_RANGE.contains(&t) {
+        Ok(())
+    } else {
+        Err("must be between 1970-01-01 and 2262-01-01 (UTC)")
+    }
+}
 const MAX_AGE: u64 = 150;
 
 /// One bad field of a request, as listed in a problem+json `errors` array.
@@ -43,6 +58,10 @@ impl UserId {
         }
         if raw.len() > MAX_ID_LEN {
             return Err("must be at most 128 characters long");
+        }
+        // A URL path cannot hold them: /api/users/.. is /api/.
+        if raw == "." || raw == ".." {
+            return Err("must not be . or .. (a URL path cannot carry them)");
         }
         let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b);
         if !raw.bytes().all(allowed) {
@@ -181,7 +200,13 @@ fn parse_fields(
                     .ok()
                     .and_then(|t| t.checked_to_offset(time::UtcOffset::UTC))
                 {
-                    Some(t) if (0..=9999).contains(&t.year()) => Some(t),
+                    Some(t) if (0..=9999).contains(&t.year()) => match check_ingested_at(t) {
+                        Ok(()) => Some(t),
+                        Err(why) => {
+                            errors.push(FieldError::new("ingestedAt", why));
+                            None
+                        }
+                    },
                     _ => {
                         errors.push(FieldError::new(
                             "ingestedAt",
@@ -232,7 +257,9 @@ fn parse_fields(
         Some(Value::String(s)) => {
             let trimmed = s.trim();
             let chars = trimmed.chars().count();
-            if chars == 0 {
+            // Zero-width spaces and joiners and the BOM are not white space to Rust, but show nothing.
+            let invisible = |c: char| matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}');
+            if chars == 0 || trimmed.chars().all(|c| c.is_whitespace() || invisible(c)) {
                 errors.push(FieldError::new("name", "must not be empty or only white space"));
                 None
             } else if chars > MAX_NAME_CHARS {
@@ -550,6 +577,15 @@ mod tests {
     }
 
     #[test]
+    fn a_name_of_only_invisible_characters_is_refused() {
+        for name in ["\u{200B}", " \u{200B}\u{FEFF} ", "\u{2060}"] {
+            let errors = NewUser::parse(json!({"name": name, "email": "a@example.com"})).unwrap_err();
+            assert_eq!(errors[0].field, "name", "{name:?}");
+        }
+        assert!(NewUser::parse(json!({"name": "A\u{200D}B", "email": "a@example.com"})).is_ok());
+    }
+
+    #[test]
     fn an_age_out_of_range_says_so_however_it_is_written() {
         for age in ["-1", "151", "-0.0", "1e30", "200.0"] {
             let body = format!(r#"{{"name": "A", "email": "a@example.com", "age": {age}}}"#);
@@ -572,8 +608,16 @@ mod tests {
             let errors = UserDocument::from_message(message, "m", OffsetDateTime::UNIX_EPOCH).unwrap_err();
             assert_eq!(errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["ingestedAt"], "{t}");
         }
-        let ok = json!({"id": "u1", "name": "A", "email": "a@example.com", "ingestedAt": "9999-12-31T23:59:59+01:00"});
+        // In range for RFC 3339, but not for the store's ordering (it would wrap): refused too.
+        for t in ["9999-12-31T23:59:59+01:00", "2263-01-01T00:00:00Z", "1969-12-31T23:59:59Z"] {
+            let message = json!({"id": "u1", "name": "A", "email": "a@example.com", "ingestedAt": t});
+            let errors = UserDocument::from_message(message, "m", OffsetDateTime::UNIX_EPOCH).unwrap_err();
+            assert!(errors[0].message.contains("between 1970-01-01 and 2262-01-01"), "{t}: {errors:?}");
+        }
+        let ok =
+            json!({"id": "u1", "name": "A", "email": "a@example.com", "ingestedAt": "2261-12-31T23:59:59Z"});
         assert!(UserDocument::from_message(ok, "m", OffsetDateTime::UNIX_EPOCH).is_ok());
+        assert!(UserId::parse("..").is_err() && UserId::parse(".").is_err() && UserId::parse("...").is_ok());
     }
 
     #[test]

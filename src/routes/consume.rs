@@ -60,7 +60,8 @@ async fn process(
     invocation_id: &str,
     delivery: &Delivery,
 ) -> (Result<Response, ApiError>, Option<String>) {
-    let message_id = delivery.message_id.clone();
+    // As logs and the answer (which the host logs) show it.
+    let message_id = crate::telemetry::loggable_id(&delivery.message_id).into_owned();
     // A store outage is waited out inside the invocation, for up to CONSUME_RETRY_BUDGET_MS:
     // the host redelivers a failed invocation at once, so failing fast would burn the
     // subscription's deliveries in seconds and dead-letter good messages.
@@ -86,7 +87,7 @@ async fn process(
     match outcome {
         Outcome::Stored { id, stale } => {
             crate::telemetry::message_stored(Some(invocation_id), &message_id, id.as_str(), stale);
-            let user_id = crate::telemetry::loggable_user_id(id.as_str());
+            let user_id = crate::telemetry::loggable_id(id.as_str());
             let line = if stale {
                 format!("message {message_id}: a newer version of user {user_id} is stored already")
             } else {
@@ -119,9 +120,9 @@ async fn park(
     delivery: &Delivery,
     reason: String,
 ) -> (Result<Response, ApiError>, Option<String>) {
-    let message_id = delivery.message_id.clone();
+    let message_id = crate::telemetry::loggable_id(&delivery.message_id).into_owned();
     let letter = DeadLetter {
-        message_id: message_id.clone(),
+        message_id: delivery.message_id.clone(),
         body: body_bytes(&delivery.body),
         enqueued_at: delivery.enqueued_at,
         delivery_count: delivery.delivery_count,
@@ -174,7 +175,13 @@ fn parse_invocation(body: &[u8], now: OffsetDateTime) -> Result<Delivery, String
         uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, message.to_string().as_bytes()).to_string()
     });
     let enqueued_at = match text(&metadata, "EnqueuedTimeUtc") {
-        Some(raw) => parse_utc(&raw).ok_or_else(|| format!("EnqueuedTimeUtc {raw:?} is not a date-time"))?,
+        // Not echoed: the host's metadata is logged, and it could hold anything.
+        Some(raw) => parse_utc(&raw).ok_or_else(|| {
+            format!(
+                "EnqueuedTimeUtc ({} characters) is not a date-time between 1970 and 2262 (UTC)",
+                raw.chars().count()
+            )
+        })?,
         None => now,
     };
     let delivery_count = integer(&metadata, "DeliveryCount").unwrap_or(1).clamp(1, u32::MAX as i64) as u32;
@@ -214,11 +221,16 @@ fn integer(metadata: &Map<String, Value>, key: &str) -> Option<i64> {
 fn parse_utc(raw: &str) -> Option<OffsetDateTime> {
     let raw = raw.trim();
     if let Ok(t) = OffsetDateTime::parse(raw, &Rfc3339) {
-        // None when the time leaves the years 0000 to 9999 once in UTC.
-        return t.checked_to_offset(time::UtcOffset::UTC).filter(|t| (0..=9999).contains(&t.year()));
+        // None when the time leaves the years the store can order versions in.
+        return t
+            .checked_to_offset(time::UtcOffset::UTC)
+            .filter(|t| crate::domain::INGESTED_AT_RANGE.contains(t));
     }
     let local = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]");
-    PrimitiveDateTime::parse(raw, local).ok().map(PrimitiveDateTime::assume_utc)
+    PrimitiveDateTime::parse(raw, local)
+        .ok()
+        .map(PrimitiveDateTime::assume_utc)
+        .filter(|t| crate::domain::INGESTED_AT_RANGE.contains(t))
 }
 
 #[cfg(test)]
@@ -241,6 +253,8 @@ mod tests {
         // Valid RFC 3339, but outside the years 0000-9999 once in UTC: refused, no panic.
         assert_eq!(parse_utc("9999-12-31T23:59:59-23:59"), None);
         assert_eq!(parse_utc("0000-01-01T00:00:00+23:59"), None);
+        assert_eq!(parse_utc("2263-01-01T00:00:00Z"), None, "beyond what the store can order");
+        assert_eq!(parse_utc("1677-01-01T00:00:00"), None);
     }
 
     #[test]

@@ -66,7 +66,11 @@ async fn accept(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
 
 /// The `Idempotency-Key` header, when there is one: 1 to 255 visible ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidHeader { name: "Idempotency-Key", why: "must be sent once" });
+    }
     let key = value
         .to_str()
         .ok()
@@ -107,11 +111,14 @@ impl Idempotency {
         Self { request: RequestKey { key, request_hash } }
     }
 
+    /// Names are joined with NUL, which no key can hold, so that no two (kind, index, key)
+    /// give one name: `user:0:abc` for a batch's record 0 under `abc` is not the single
+    /// record under the key `0:abc`.
     fn message_id(&self, index: Option<usize>) -> String {
         let RequestKey { key, request_hash } = &self.request;
         let name = match index {
-            Some(i) => format!("message:{i}:{request_hash}:{key}"),
-            None => format!("message:{request_hash}:{key}"),
+            Some(i) => format!("message\0batch\0{i}\0{request_hash}\0{key}"),
+            None => format!("message\0record\0{request_hash}\0{key}"),
         };
         uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).to_string()
     }
@@ -121,8 +128,8 @@ impl Idempotency {
         if let Value::Object(fields) = record {
             if fields.get("id").is_none_or(Value::is_null) {
                 let name = match index {
-                    Some(i) => format!("user:{i}:{}", self.request.key),
-                    None => format!("user:{}", self.request.key),
+                    Some(i) => format!("user\0batch\0{i}\0{}", self.request.key),
+                    None => format!("user\0record\0{}", self.request.key),
                 };
                 let id = uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).to_string();
                 fields.insert("id".into(), Value::String(id));
@@ -456,7 +463,87 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::InvalidJson("the body is empty".into()));
     }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))
+    serde_json::from_slice::<Strict>(bytes).map(|s| s.0).map_err(|e| ApiError::InvalidJson(e.to_string()))
+}
+
+/// JSON as `serde_json::Value` parses it, except that an object with the same key twice is
+/// refused (naming the key) instead of keeping the last: `{"name": "A", "name": "B"}` is
+/// ambiguous, and parsers disagree on which one counts.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(value) = map.next_value()?;
+            match fields.entry(key) {
+                serde_json::map::Entry::Vacant(slot) => {
+                    slot.insert(value);
+                }
+                serde_json::map::Entry::Occupied(slot) => {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "the key {:?} appears twice in one object",
+                        slot.key().chars().take(64).collect::<String>()
+                    )))
+                }
+            }
+        }
+        Ok(Value::Object(fields))
+    }
 }
 
 /// The W3C trace id of the caller, to correlate the message with the request that made it.

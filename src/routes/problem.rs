@@ -119,7 +119,7 @@ impl IntoResponse for ApiError {
             }
             Self::TooLarge { limit } => (
                 "/problems/too-large",
-                "Record too large",
+                "Request too large",
                 format!("The request body is larger than the limit of {limit} bytes."),
             ),
             Self::TooManyRecords { limit, got } => (

@@ -21,16 +21,16 @@ pub async fn get_user(
     let read = state.store.get(&id).await;
     metrics::store_operation("read", read.is_ok(), started.elapsed());
     let user = read.map_err(|e| {
-        let user_id = crate::telemetry::loggable_user_id(id.as_str());
+        let user_id = crate::telemetry::loggable_id(id.as_str());
         tracing::warn!(error = %e, %user_id, "store read failed; answering 503");
         ApiError::Unavailable { what: "store", retry_after: e.retry_after() }
     })?;
     let Some(user) = user else {
         return Err(ApiError::NotFound(format!("User {id}")));
     };
-    let etag =
-        HeaderValue::from_str(&format!("\"{}\"", user.etag)).expect("etags are message ids: header-safe");
-    if if_none_match(&headers, &user.etag) {
+    let tag = entity_tag(&user.etag);
+    let etag = HeaderValue::from_str(&format!("\"{tag}\"")).expect("entity_tag gives header-safe tags");
+    if if_none_match(&headers, &tag) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     Ok((
@@ -39,6 +39,18 @@ pub async fn get_user(
         user.json,
     )
         .into_response())
+}
+
+/// The version's tag as an entity-tag may carry it: as it is when it is visible ASCII without
+/// `"` (a UUID message id, a Cosmos `_etag`), else a digest of it — a message id from another
+/// producer may hold anything, and a GET must not fail over it.
+fn entity_tag(raw: &str) -> std::borrow::Cow<'_, str> {
+    if !raw.is_empty() && raw.len() <= 200 && raw.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'"') {
+        return std::borrow::Cow::Borrowed(raw);
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(raw.as_bytes());
+    std::borrow::Cow::Owned(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// RFC 9110 weak comparison against each listed tag, or `*`.
@@ -52,4 +64,24 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
             let tag = tag.trim();
             tag == "*" || tag.strip_prefix("W/").unwrap_or(tag).trim_matches('"') == etag
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_message_id_gives_a_header_safe_entity_tag() {
+        assert_eq!(
+            entity_tag("0b5e9c1e-3f5a-4a57-9d3b-1c2d3e4f5a6b"),
+            "0b5e9c1e-3f5a-4a57-9d3b-1c2d3e4f5a6b"
+        );
+        for raw in ["a\nb", "a\u{7f}b", "a\"b", "", "ünïcode", &"x".repeat(300)] {
+            let tag = entity_tag(raw);
+            assert!(HeaderValue::from_str(&format!("\"{tag}\"")).is_ok(), "{raw:?}");
+            assert!(!tag.contains('"') && tag.len() == 32, "{raw:?} -> {tag}");
+            assert_eq!(tag, entity_tag(raw), "stable");
+        }
+        assert_ne!(entity_tag("a\nb"), entity_tag("a\nc"));
+    }
 }

@@ -132,10 +132,11 @@ pub async fn refresh_gauges() {
 }
 
 /// One request, as its access-log line, its metrics and its trace item report it.
-/// A user id as telemetry may carry it: as it is, unless it holds an `@` (ids are the
-/// client's choice, and some choose the user's email address): then `sha256:` and the first
-/// 16 hex digits of its digest, the same for the same id, so log lines still correlate.
-pub fn loggable_user_id(id: &str) -> std::borrow::Cow<'_, str> {
+/// An identifier as telemetry may carry it (a user id, a message id, a correlation id): as it
+/// is, unless it holds an `@` (ids are the client's or another producer's choice, and some
+/// choose an email address): then `sha256:` and the first 16 hex digits of its digest, the
+/// same for the same id, so log lines still correlate.
+pub fn loggable_id(id: &str) -> std::borrow::Cow<'_, str> {
     use sha2::Digest;
     if !id.contains('@') {
         return std::borrow::Cow::Borrowed(id);
@@ -177,6 +178,7 @@ pub struct Access<'a> {
 pub fn access(a: &Access<'_>) {
     let method = metrics::method_label(a.method);
     metrics::request(a.route, method, a.status, a.elapsed);
+    let trace_id = a.trace_id.map(loggable_id);
     appinsights::request(&appinsights::RequestItem {
         method,
         route: a.route,
@@ -184,7 +186,7 @@ pub fn access(a: &Access<'_>) {
         duration: a.elapsed,
         traceparent: a.traceparent,
         invocation_id: a.invocation_id,
-        fallback_trace_id: a.trace_id,
+        fallback_trace_id: trace_id.as_deref(),
     });
     access_line(a, method);
 }
@@ -219,9 +221,9 @@ fn access_line(a: &Access<'_>, method: &str) {
     line.push_str(itoa::Buffer::new().format(a.elapsed.as_micros() as u64));
     for (name, value) in [
         ("invocation_id", a.invocation_id),
-        ("trace_id", a.trace_id),
-        ("user_id", a.user_id.map(loggable_user_id).as_deref()),
-        ("message_id", a.message_id),
+        ("trace_id", a.trace_id.map(loggable_id).as_deref()),
+        ("user_id", a.user_id.map(loggable_id).as_deref()),
+        ("message_id", a.message_id.map(loggable_id).as_deref()),
     ] {
         if let Some(value) = value.filter(|v| !v.is_empty()) {
             line.push_str(",\"");
@@ -237,14 +239,15 @@ fn access_line(a: &Access<'_>, method: &str) {
 /// The log line of a stored message (`message stored`, INFO), formatted by hand as the access
 /// line is: the worker writes one per message, tens of thousands a second under load, where the
 /// generic JSON formatter cost more than the rest of the line's work. The user id goes through
-/// [`loggable_user_id`].
+/// [`loggable_id`].
 pub fn message_stored(invocation_id: Option<&str>, message_id: &str, user_id: &str, stale: bool) {
     if !tracing::enabled!(tracing::Level::INFO) {
         return;
     }
-    let user_id = loggable_user_id(user_id);
+    let user_id = loggable_id(user_id);
+    let message_id = loggable_id(message_id);
     let Some(sink) = SINK.get() else {
-        tracing::info!(invocation_id, message_id, user_id = %user_id, stale, "message stored");
+        tracing::info!(invocation_id, message_id = %message_id, user_id = %user_id, stale, "message stored");
         return;
     };
     let mut line = String::with_capacity(200);
@@ -252,7 +255,7 @@ pub fn message_stored(invocation_id: Option<&str>, message_id: &str, user_id: &s
     line.push_str(&time::OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default());
     line.push_str("\",\"level\":\"INFO\",\"message\":\"message stored\"");
     for (name, value) in
-        [("invocation_id", invocation_id), ("message_id", Some(message_id)), ("user_id", Some(&user_id))]
+        [("invocation_id", invocation_id), ("message_id", Some(&message_id)), ("user_id", Some(&user_id))]
     {
         if let Some(value) = value.filter(|v| !v.is_empty()) {
             line.push_str(",\"");
