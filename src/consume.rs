@@ -174,13 +174,13 @@ pub fn decode(body: &MessageBody) -> Result<Value, String> {
 }
 
 fn parse_text(bytes: &[u8]) -> Result<Value, String> {
-    match serde_json::from_slice(bytes) {
+    match crate::domain::json::parse(bytes) {
         Ok(v) => Ok(v),
         Err(json_error) => {
             // A binary binding delivers base64.
             let trimmed = bytes.trim_ascii();
             match base64::engine::general_purpose::STANDARD.decode(trimmed) {
-                Ok(decoded) => serde_json::from_slice(&decoded)
+                Ok(decoded) => crate::domain::json::parse(&decoded)
                     .map_err(|e| format!("the message is base64 but not JSON inside: {e}")),
                 Err(_) => Err(format!("the message is not JSON: {json_error}")),
             }

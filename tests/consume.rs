@@ -263,3 +263,24 @@ fn odd_message_ids_and_times_from_other_producers_never_break_reads_or_ordering(
     let message = json!({"id": "ts-enq", "name": "Enqueued", "email": "t@example.com"});
     assert_eq!(invoke(&client, &server, &host_payload(message, "m-enq", "2263-01-01T00:00:00Z")).0, 400);
 }
+
+#[test]
+fn a_duplicated_key_is_poison_and_an_empty_message_id_is_no_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), &[("INGEST_WORKER", "off")]);
+    let client = blocking_client();
+    // As an object would lose it, so as text: the message with `name` twice.
+    let text = r#"{"id":"cdup","name":"First","email":"c@example.com","name":"Second"}"#;
+    let (status, _) = invoke(&client, &server, &host_payload(json!(text), "m-dup", "2026-01-01T00:00:00Z"));
+    assert_eq!(status, 200);
+    assert_eq!(client.get(server.url("/api/users/cdup")).send().unwrap().status(), 404, "parked, not stored");
+    let parked = dead_letters(dir.path());
+    assert_eq!(parked.len(), 1);
+    assert!(parked[0].1.contains("appears twice"), "{parked:?}");
+    // Two id-less messages with an empty MessageId: two users, not one overwriting the other.
+    for name in ["Anna", "Bert"] {
+        let message = json!({"name": name, "email": "e@example.com"});
+        assert_eq!(invoke(&client, &server, &host_payload(message, "", "2026-01-01T00:00:00Z")).0, 200);
+    }
+    assert_eq!(stored(dir.path()), 2);
+}

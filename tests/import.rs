@@ -336,3 +336,86 @@ fn later_lines_for_the_same_id_are_never_overtaken_by_earlier_ones() {
         }
     }
 }
+
+#[test]
+fn a_resumed_import_never_sends_an_old_line_after_a_newer_one_was_accepted() {
+    // A service that refuses most of a concurrent import (503: one request at a time), and an
+    // importer that does not retry: many lines fail, later lines for the same ids are held back,
+    // and reruns resume. Each user must end on its LAST line.
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[("MAX_IN_FLIGHT", "1")]);
+    let file = dir.path().join("versions.ndjson");
+    let mut lines = String::new();
+    for version in 1..=5 {
+        for user in 0..40 {
+            let record = serde_json::json!({"id": format!("ord-{user}"), "name": format!("V{version}"), "email": "o@example.com"});
+            lines.push_str(&format!("{record}\n"));
+        }
+    }
+    std::fs::write(&file, lines).unwrap();
+    let mut runs = 0;
+    let mut saw_failures = false;
+    loop {
+        runs += 1;
+        let output = Command::new(BIN)
+            .args([
+                "import",
+                "--url",
+                &server.base,
+                "--quiet",
+                "--batch-size",
+                "1",
+                "--concurrency",
+                "16",
+                "--max-attempts",
+                "1",
+            ])
+            .arg(&file)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        if output.status.success() {
+            break;
+        }
+        saw_failures = true;
+        assert!(runs < 60, "the import never completed: {}", String::from_utf8_lossy(&output.stdout));
+    }
+    assert!(saw_failures, "the service never refused anything: the test proves nothing");
+    support::eventually("the queue is drained", Duration::from_secs(30), || {
+        support::queued(&server.data_dir) == 0
+    });
+    let client = blocking_client();
+    for user in 0..40 {
+        let doc = wait_for_user(&client, &server, &format!("ord-{user}"), Duration::from_secs(10));
+        assert_eq!(doc["name"], "V5", "user {user} after {runs} runs: {doc}");
+    }
+}
+
+#[test]
+fn rerunning_an_edited_file_never_makes_a_second_user_of_an_id_less_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let file = dir.path().join("people.ndjson");
+    let import = || {
+        Command::new(BIN)
+            .args(["import", "--url", &server.base, "--quiet"])
+            .arg(&file)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    std::fs::write(
+        &file,
+        "{\"name\":\"Alice One\",\"email\":\"a1@example.com\"}\n{\"name\":\"Bob Two\",\"email\":\"bad\"}\n",
+    )
+    .unwrap();
+    assert!(!import().status.success(), "Bob is rejected");
+    // Fix Bob's line and run again: Alice is the same user, Bob a new one.
+    std::fs::write(&file, "{\"name\":\"Alice One\",\"email\":\"a1@example.com\"}\n{\"name\":\"Bob Two\",\"email\":\"b2@example.com\"}\n").unwrap();
+    let output = import();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    support::eventually("the queue is drained", Duration::from_secs(30), || {
+        support::queued(&server.data_dir) == 0
+    });
+    assert_eq!(support::stored(&server.data_dir), 2, "Alice once, Bob once");
+}

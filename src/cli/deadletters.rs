@@ -337,7 +337,9 @@ fn table(letters: &[ParkedMessage]) -> String {
                 one_line(&l.message_id),
                 l.delivery_count.to_string(),
                 one_line(&l.source),
-                cut(&one_line(&l.reason), REASON_WIDTH),
+                // Field errors name the fields the body had (any key, even an address): the
+                // list shows their count; `show` has the whole reason, with the body.
+                cut(&one_line(&crate::telemetry::loggable_reason(&l.reason)), REASON_WIDTH),
             ]
         })
         .collect();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::{header, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -196,11 +196,11 @@ impl Checkpoint {
 
 pub async fn run(args: ImportArgs) -> anyhow::Result<Summary> {
     let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
-    // Identifies the input: the namespace of the ids given to id-less records, and the checkpoint's owner.
+    // Identifies the input: the checkpoint's owner.
     let file_id = uuid::Uuid::new_v5(&IMPORT_NAMESPACE, &bytes);
     let format = args.format.unwrap_or_else(|| detect(&args.file, &bytes));
-    let records = read_records(&bytes, format, &file_id)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let records =
+        read_records(&bytes, format).with_context(|| format!("cannot read {}", args.file.display()))?;
     drop(bytes);
     let base = args.url.trim_end_matches('/').to_owned();
     let endpoint = format!("{base}/api/users");
@@ -272,13 +272,18 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<Summary> {
             };
             (number, batch, outcomes, ids)
         }
+        .boxed()
     };
     // Batches start in file order, up to `concurrency` at a time, but never while an earlier
     // one still in flight holds one of their ids: the service orders the versions of a user by
     // when it accepted them, so a later line of the file must not overtake an earlier one.
+    // Nor after an earlier line for one of their ids FAILED (not sent, or no answer): a
+    // resumed run sends that line again, and it would then overwrite the later one. Such a
+    // batch is held back (failed, "held back") for the resumed run, which sends both in order.
     let mut pending = pending.into_iter().peekable();
     let mut running = futures::stream::FuturesUnordered::new();
     let mut in_flight: HashMap<String, usize> = HashMap::new();
+    let mut failed_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
 
     let mut done = summary.skipped;
     let mut last_saved = Instant::now();
@@ -293,6 +298,13 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<Summary> {
             let (number, batch) = pending.next().expect("peeked");
             for id in &ids {
                 *in_flight.entry(id.clone()).or_default() += 1;
+            }
+            if ids.iter().any(|id| failed_ids.contains(id)) {
+                let reason =
+                    "held back: an earlier line for the same id failed; run the import again to resume";
+                let outcomes = batch.iter().map(|_| Outcome::Failed { reason: reason.into() }).collect();
+                running.push(futures::future::ready((number, batch, outcomes, ids)).boxed());
+                continue;
             }
             running.push(send(number, batch, ids));
         }
@@ -321,6 +333,9 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<Summary> {
                 }
                 Outcome::Failed { reason } => {
                     complete = false;
+                    if let Some(id) = record.body.get("id").and_then(Value::as_str) {
+                        failed_ids.insert(id.to_owned());
+                    }
                     summary.failed += 1;
                     *summary.by_reason.entry(reason.clone()).or_default() += 1;
                     let input = record.line.clone().map_or(record.body.clone(), Value::String);
@@ -397,7 +412,7 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<Summary> {
 /// How often progress is saved to the checkpoint.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
-/// The namespace of the UUIDs given to records that have no id.
+/// The namespace of a file's identity (the checkpoint's owner).
 const IMPORT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5d1c_3f7e_8a2b_4c6d_9e0f_1a2b_3c4d_5e6f);
 
 fn open(path: &Path, append: bool) -> anyhow::Result<BufWriter<File>> {
@@ -417,15 +432,22 @@ fn detect(path: &Path, bytes: &[u8]) -> Format {
     }
 }
 
+/// The namespace of the ids given to records without one (from their content).
+const RECORD_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x3c6d_2f8a_91b4_4e07_8d5c_a1f2_e3b4_c5d6);
+
 /// Reads every record, gives an id to those without one, and drops `ingestedAt` (the service
 /// sets it; an export carries it).
-fn read_records(bytes: &[u8], format: Format, file_id: &uuid::Uuid) -> anyhow::Result<Vec<Record>> {
+fn read_records(bytes: &[u8], format: Format) -> anyhow::Result<Vec<Record>> {
     let text = std::str::from_utf8(bytes).context("the file is not UTF-8")?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut records: Vec<Record> = match format {
         Format::Json => {
-            let items: Vec<Value> =
-                serde_json::from_str(text).context("it is read as a JSON array, but is not one")?;
+            let items: Vec<Value> = match crate::domain::json::parse_str(text)
+                .context("it is read as a JSON array, but is not one")?
+            {
+                Value::Array(items) => items,
+                _ => anyhow::bail!("it is read as a JSON array, but is not one"),
+            };
             items
                 .into_iter()
                 .enumerate()
@@ -436,7 +458,7 @@ fn read_records(bytes: &[u8], format: Format, file_id: &uuid::Uuid) -> anyhow::R
             .lines()
             .enumerate()
             .filter(|(_, line)| !line.trim().is_empty())
-            .map(|(i, line)| match serde_json::from_str::<Value>(line) {
+            .map(|(i, line)| match crate::domain::json::parse_str(line) {
                 Ok(v) => Record { position: i + 1, body: v, raw: None, line: Some(line.to_owned()) },
                 // Refused as the service would: not JSON.
                 Err(_) => Record {
@@ -453,7 +475,12 @@ fn read_records(bytes: &[u8], format: Format, file_id: &uuid::Uuid) -> anyhow::R
         if let Value::Object(fields) = &mut record.body {
             fields.remove("ingestedAt");
             if fields.get("id").is_none_or(Value::is_null) {
-                let id = uuid::Uuid::new_v5(file_id, record.position.to_string().as_bytes());
+                // A digest of the record's content (keys in order: serde_json's map is sorted),
+                // so the same record gets the same id on every run — a resume, or a rerun after
+                // fixing other lines — and never becomes a second user.
+                fields.remove("id");
+                let content = Value::Object(fields.clone()).to_string();
+                let id = uuid::Uuid::new_v5(&RECORD_NAMESPACE, content.as_bytes());
                 fields.insert("id".into(), Value::String(id.to_string()));
             }
         }
@@ -838,16 +865,19 @@ mod tests {
     }
 
     #[test]
-    fn id_less_records_get_the_same_id_on_every_read_of_the_same_file() {
+    fn an_id_less_record_gets_the_same_id_whatever_else_the_file_holds() {
         let file =
-            b"{\"name\": \"A\", \"email\": \"a@example.com\", \"ingestedAt\": \"2026-01-01T00:00:00Z\"}\n";
-        let id = uuid::Uuid::new_v5(&IMPORT_NAMESPACE, file);
-        let first = read_records(file, Format::Ndjson, &id).unwrap();
-        let again = read_records(file, Format::Ndjson, &id).unwrap();
+            b"{\"name\": \"A\", \"email\": \"a@example.com\", \"ingestedAt\": \"2026-01-01T00:00:00Z\"}\n{\"name\": \"B\", \"email\": \"bad\"}\n";
+        let first = read_records(file, Format::Ndjson).unwrap();
+        let again = read_records(file, Format::Ndjson).unwrap();
         assert_eq!(first[0].body["id"], again[0].body["id"]);
         assert!(first[0].body.get("ingestedAt").is_none(), "the service sets ingestedAt");
-        let other = uuid::Uuid::new_v5(&IMPORT_NAMESPACE, b"another file");
-        assert_ne!(read_records(file, Format::Ndjson, &other).unwrap()[0].body["id"], first[0].body["id"]);
+        // The other line fixed, a line added before it, keys reordered: A keeps its id.
+        let edited = b"{\"name\": \"C\", \"email\": \"c@example.com\"}\n{\"email\": \"a@example.com\", \"name\": \"A\"}\n{\"name\": \"B\", \"email\": \"b@example.com\"}\n";
+        let later = read_records(edited, Format::Ndjson).unwrap();
+        assert_eq!(later[1].body["id"], first[0].body["id"]);
+        assert_ne!(later[0].body["id"], first[0].body["id"]);
+        assert_ne!(later[2].body["id"], first[1].body["id"], "B's content changed");
     }
 
     #[test]

@@ -96,7 +96,7 @@ async fn open(args: &StoreArgs) -> anyhow::Result<Arc<dyn UserStore>> {
 /// One exported line as the document it was: the record checked as the API checks it, with
 /// its `ingestedAt`.
 fn document(line: &str) -> Result<UserDocument, String> {
-    let mut value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let mut value: Value = crate::domain::json::parse_str(line).map_err(|e| format!("not JSON: {e}"))?;
     let ingested = value
         .as_object_mut()
         .and_then(|o| o.remove("ingestedAt"))
@@ -105,6 +105,10 @@ fn document(line: &str) -> Result<UserDocument, String> {
     let ingested_at = OffsetDateTime::parse(&ingested, &Rfc3339)
         .map_err(|_| format!("ingestedAt {ingested:?} is not RFC 3339"))?;
     crate::domain::check_ingested_at(ingested_at).map_err(|why| format!("ingestedAt {ingested:?} {why}"))?;
+    // As the consumer refuses it: a version from the future would win over every update.
+    if ingested_at > OffsetDateTime::now_utc() + time::Duration::hours(1) {
+        return Err(format!("ingestedAt {ingested:?} is more than an hour in the future"));
+    }
     if value.get("id").is_none_or(Value::is_null) {
         return Err("no id: not a line of an export".into());
     }

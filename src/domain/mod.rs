@@ -5,6 +5,7 @@
 
 mod country;
 mod email;
+pub mod json;
 mod user;
 
 pub use user::{

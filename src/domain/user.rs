@@ -257,10 +257,15 @@ fn parse_fields(
         Some(Value::String(s)) => {
             let trimmed = s.trim();
             let chars = trimmed.chars().count();
-            // Zero-width spaces and joiners and the BOM are not white space to Rust, but show nothing.
-            let invisible = |c: char| matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}');
-            if chars == 0 || trimmed.chars().all(|c| c.is_whitespace() || invisible(c)) {
-                errors.push(FieldError::new("name", "must not be empty or only white space"));
+            // A name must show something: not only white space and characters that render as
+            // nothing (Unicode's default-ignorable code points — zero-width spaces and joiners,
+            // soft hyphens, bidi controls, variation selectors, tags — the Hangul fillers and
+            // the braille blank).
+            if chars == 0 || trimmed.chars().all(|c| c.is_whitespace() || renders_as_nothing(c)) {
+                errors.push(FieldError::new(
+                    "name",
+                    "must not be empty, only white space or only invisible characters",
+                ));
                 None
             } else if chars > MAX_NAME_CHARS {
                 errors.push(FieldError::new(
@@ -389,6 +394,16 @@ fn parse_fields(
         }
         _ => Err(errors),
     }
+}
+
+/// Unicode's Default_Ignorable_Code_Point set, with the braille blank (U+2800).
+fn renders_as_nothing(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0000}'..='\u{E0FFF}')
 }
 
 /// Past ±2^63 a JSON parser keeps a whole number only as a 64-bit float, so
@@ -578,11 +593,23 @@ mod tests {
 
     #[test]
     fn a_name_of_only_invisible_characters_is_refused() {
-        for name in ["\u{200B}", " \u{200B}\u{FEFF} ", "\u{2060}"] {
+        for name in [
+            "\u{200B}",
+            " \u{200B}\u{FEFF} ",
+            "\u{2060}",
+            "\u{00AD}",
+            "\u{202E}",
+            "\u{3164}",
+            "\u{2800}",
+            "\u{E0020}",
+            "\u{FE0F}\u{180E}",
+        ] {
             let errors = NewUser::parse(json!({"name": name, "email": "a@example.com"})).unwrap_err();
             assert_eq!(errors[0].field, "name", "{name:?}");
         }
-        assert!(NewUser::parse(json!({"name": "A\u{200D}B", "email": "a@example.com"})).is_ok());
+        for name in ["A\u{200D}B", "李", "Ünal", "O'Brien", "محمد", "3", "-", "🦀"] {
+            assert!(NewUser::parse(json!({"name": name, "email": "a@example.com"})).is_ok(), "{name}");
+        }
     }
 
     #[test]

@@ -170,7 +170,8 @@ fn parse_invocation(body: &[u8], now: OffsetDateTime) -> Result<Delivery, String
         _ => Map::new(),
     };
 
-    let message_id = text(&metadata, "MessageId").unwrap_or_else(|| {
+    // An empty MessageId is none: every id-less message would map to one user otherwise.
+    let message_id = text(&metadata, "MessageId").filter(|id| !id.is_empty()).unwrap_or_else(|| {
         // Without a MessageId, derive one from the body so a redelivery maps to the same one.
         uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, message.to_string().as_bytes()).to_string()
     });

@@ -146,19 +146,39 @@ pub fn loggable_id(id: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(format!("sha256:{hex}"))
 }
 
-/// Why a message was parked, as telemetry may carry it: a record's field errors name the
-/// fields the producer sent (any key, even an address) and are summed up as a count; the
-/// whole reason stays with the dead letter, for an operator to read.
+/// Why a message was parked, as telemetry and the dead-letter list may carry it. The texts
+/// are the service's own, but they name the fields the producer sent, and a producer may send
+/// any key (even an address): fields of the record are named, any other key is "an unknown
+/// field", a path inside `attributes` is cut after `attributes`, and quoted text (a key a
+/// JSON error names) is blanked. The whole reason stays with the dead letter (`show`).
 pub fn loggable_reason(reason: &str) -> std::borrow::Cow<'_, str> {
-    match reason.strip_prefix("invalid user record:") {
-        Some(fields) => {
-            let count = fields.split("; ").count();
-            std::borrow::Cow::Owned(format!(
-                "invalid user record ({count} field error(s); the dead letter has them)"
-            ))
+    const FIELDS: [&str; 7] = ["id", "name", "email", "age", "country", "attributes", "ingestedAt"];
+    let Some(errors) = reason.strip_prefix("invalid user record: ") else {
+        if !reason.contains('"') {
+            return std::borrow::Cow::Borrowed(reason);
         }
-        None => std::borrow::Cow::Borrowed(reason),
-    }
+        // Blank what is quoted: every other piece between quotes.
+        let pieces: Vec<&str> =
+            reason.split('"').enumerate().map(|(i, p)| if i % 2 == 1 { "…" } else { p }).collect();
+        return std::borrow::Cow::Owned(pieces.join("\""));
+    };
+    let shown: Vec<String> = errors
+        .split("; ")
+        .map(|error| match error.split_once(": ") {
+            Some((field, message)) => {
+                let field = if FIELDS.contains(&field) {
+                    field.to_owned()
+                } else if field.starts_with("attributes.") || field.starts_with("attributes[") {
+                    "attributes.…".to_owned()
+                } else {
+                    "(an unknown field)".to_owned()
+                };
+                format!("{field}: {message}")
+            }
+            None => error.to_owned(),
+        })
+        .collect();
+    std::borrow::Cow::Owned(format!("invalid user record: {}", shown.join("; ")))
 }
 
 pub struct Access<'a> {
@@ -179,13 +199,14 @@ pub fn access(a: &Access<'_>) {
     let method = metrics::method_label(a.method);
     metrics::request(a.route, method, a.status, a.elapsed);
     let trace_id = a.trace_id.map(loggable_id);
+    let invocation_id = a.invocation_id.map(loggable_id);
     appinsights::request(&appinsights::RequestItem {
         method,
         route: a.route,
         status: a.status,
         duration: a.elapsed,
         traceparent: a.traceparent,
-        invocation_id: a.invocation_id,
+        invocation_id: invocation_id.as_deref(),
         fallback_trace_id: trace_id.as_deref(),
     });
     access_line(a, method);
@@ -220,7 +241,7 @@ fn access_line(a: &Access<'_>, method: &str) {
     line.push_str(",\"latency_us\":");
     line.push_str(itoa::Buffer::new().format(a.elapsed.as_micros() as u64));
     for (name, value) in [
-        ("invocation_id", a.invocation_id),
+        ("invocation_id", a.invocation_id.map(loggable_id).as_deref()),
         ("trace_id", a.trace_id.map(loggable_id).as_deref()),
         ("user_id", a.user_id.map(loggable_id).as_deref()),
         ("message_id", a.message_id.map(loggable_id).as_deref()),
@@ -246,6 +267,8 @@ pub fn message_stored(invocation_id: Option<&str>, message_id: &str, user_id: &s
     }
     let user_id = loggable_id(user_id);
     let message_id = loggable_id(message_id);
+    let invocation_id = invocation_id.map(loggable_id);
+    let invocation_id = invocation_id.as_deref();
     let Some(sink) = SINK.get() else {
         tracing::info!(invocation_id, message_id = %message_id, user_id = %user_id, stale, "message stored");
         return;
@@ -275,5 +298,26 @@ fn push_json_str(out: &mut String, value: &str) {
         out.push('"');
     } else {
         out.push_str(&serde_json::to_string(value).unwrap_or_else(|_| "\"\"".into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parked_reason_names_the_record_fields_but_no_key_the_producer_chose() {
+        let reason = "invalid user record: name: must not be empty; jane.roe@corp.example: is not a field of a user record; attributes.Jane Roe home: is a whole number beyond 64 bits";
+        let shown = loggable_reason(reason);
+        assert_eq!(
+            shown,
+            "invalid user record: name: must not be empty; (an unknown field): is not a field of a user record; attributes.…: is a whole number beyond 64 bits"
+        );
+        let json = r#"the message is not JSON: the key "mary@example.com" appears twice in one object at line 1 column 9"#;
+        assert_eq!(
+            loggable_reason(json),
+            r#"the message is not JSON: the key "…" appears twice in one object at line 1 column 9"#
+        );
+        assert_eq!(loggable_reason("the message is not JSON: EOF"), "the message is not JSON: EOF");
     }
 }
