@@ -60,8 +60,8 @@ enum Command {
     #[command(long_about = "Send the records of an NDJSON file (one record per line), a JSON array or a \
             CSV file to a running service, through its API, in batches of up to 500 records \
             (--batch-size 1: one by one), a few in flight. A record without an id gets one derived \
-            from the file and its position, so a retry, a resumed run or a second import never \
-            duplicates a user; 429, 503 and connection failures are retried honouring Retry-After. \
+            from its content, so a retry, a resumed run or a second import (also of the file with \
+            other lines fixed) never duplicates a user; versions of a user are sent in file order; 429, 503 and connection failures are retried honouring Retry-After. \
             Progress is saved to FILE.checkpoint: run the same command again after an interruption \
             to carry on (--restart starts over). The id of every accepted record goes to \
             FILE.accepted.ndjson, every rejected record with its errors to FILE.rejected.ndjson (in \

@@ -2,9 +2,12 @@
 //! to a running service, in batches (`POST /api/users` with a JSON array) with bounded
 //! concurrency, and resumes from a checkpoint after an interruption.
 //!
-//! No duplicates, ever: a record without an id gets one here, a UUID derived from the file's
-//! content and the record's position, so sending it again — a retry, a resumed run, the same
-//! file imported twice — upserts the same user instead of creating another. That makes every
+//! No duplicates, ever: a record without an id gets one here, a UUID derived from the
+//! record's content, so sending it again — a retry, a resumed run, the same file imported
+//! twice, or again after fixing other lines — upserts the same user instead of creating
+//! another (two identical id-less lines are one user). Versions of one user are sent in file
+//! order: a batch waits while an earlier one with one of its ids is in flight, and is held
+//! back for the next run when an earlier line for one of its ids failed. That makes every
 //! retry safe: 429 and 503 (nothing accepted) and transport failures are retried with
 //! backoff, honouring `Retry-After`; records a batch answers 503 for are sent again.
 //! Field errors are final and reported with the record.
