@@ -46,6 +46,11 @@ pub async fn run(listener: TcpListener, app: Router, limits: Limits, shutdown: C
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             refused += 1;
+            crate::telemetry::metrics::registry().add(
+                &crate::telemetry::metrics::CONNECTIONS_REFUSED,
+                &[],
+                1,
+            );
             if refused.is_power_of_two() {
                 tracing::warn!(
                     refused,

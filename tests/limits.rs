@@ -133,6 +133,10 @@ fn connections_beyond_the_cap_get_503_with_retry_after_and_the_service_recovers(
     support::eventually("a slot is free again", Duration::from_secs(5), || {
         blocking_client().get(server.url("/api/health")).send().is_ok_and(|r| r.status() == 200)
     });
+    // Counted, so that an operator sees the refusals the access log never gets.
+    let metrics = blocking_client().get(server.url("/metrics")).send().unwrap().text().unwrap();
+    let refused = metrics.lines().find(|l| l.starts_with("connections_refused_total")).expect("the counter");
+    assert!(refused.rsplit(' ').next().unwrap().parse::<u64>().unwrap() >= 1, "{refused}");
 }
 
 #[test]

@@ -186,7 +186,13 @@ fn parse_invocation(body: &[u8], now: OffsetDateTime) -> Result<Delivery, String
         None => now,
     };
     let delivery_count = integer(&metadata, "DeliveryCount").unwrap_or(1).clamp(1, u32::MAX as i64) as u32;
-    let sequence = integer(&metadata, "SequenceNumber").unwrap_or(0);
+    // It orders versions with equal ingestedAt: one that cannot be read must not become 0.
+    let sequence = match text(&metadata, "SequenceNumber") {
+        None => 0,
+        Some(raw) => raw.trim().parse::<i64>().map_err(|_| {
+            format!("SequenceNumber ({} characters) is not a 64-bit integer", raw.chars().count())
+        })?,
+    };
     let correlation_id = text(&metadata, "CorrelationId").filter(|c| !c.is_empty());
     Ok(Delivery {
         message_id,
@@ -256,6 +262,11 @@ mod tests {
         assert_eq!(parse_utc("0000-01-01T00:00:00+23:59"), None);
         assert_eq!(parse_utc("2263-01-01T00:00:00Z"), None, "beyond what the store can order");
         assert_eq!(parse_utc("1677-01-01T00:00:00"), None);
+        let bad_sequence =
+            json!({"Data": {"message": "{}"}, "Metadata": {"SequenceNumber": "99999999999999999999"}});
+        let error =
+            parse_invocation(bad_sequence.to_string().as_bytes(), OffsetDateTime::UNIX_EPOCH).unwrap_err();
+        assert!(error.contains("SequenceNumber"), "{error}");
     }
 
     #[test]

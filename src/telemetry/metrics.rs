@@ -125,8 +125,16 @@ pub static PANICS: Def = Def {
     labels: &["where"],
 };
 
+pub static CONNECTIONS_REFUSED: Def = Def {
+    index: 13,
+    name: "connections_refused_total",
+    help: "Connections refused beyond MAX_CONNECTIONS (answered 503 and closed).",
+    kind: Kind::Counter,
+    labels: &[],
+};
+
 /// Every metric, in `index` order.
-pub static CATALOGUE: [&Def; 13] = [
+pub static CATALOGUE: [&Def; 14] = [
     &HTTP_REQUESTS,
     &HTTP_DURATION,
     &RECORDS_ACCEPTED,
@@ -140,6 +148,7 @@ pub static CATALOGUE: [&Def; 13] = [
     &QUEUE_DEPTH,
     &DEAD_LETTERS,
     &PANICS,
+    &CONNECTIONS_REFUSED,
 ];
 
 /// Upper bounds of the histogram buckets, in seconds: from a cached point read (0.5 ms) to
