@@ -423,3 +423,29 @@ fn every_command_explains_itself_its_flags_and_its_settings_in_its_help() {
         assert!(top.contains(&format!("\n  {command} ")), "`--help` does not list {command}:\n{top}");
     }
 }
+
+#[test]
+fn an_export_piped_into_a_reader_that_stops_early_ends_cleanly() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    import(&server, &support::data_file("users.ndjson"), dir.path(), 2000);
+    wait_until_drained(&server, 2000);
+    // `export | head -1`: far more than a pipe holds, and the reader goes after one line.
+    let mut child = Command::new(BIN)
+        .args(["export", "--data-dir", server.data_dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "a closed pipe is the reader's choice, not an error: {}",
+        describe(&output)
+    );
+    assert!(!text(&output.stderr).contains("Broken pipe"), "{}", describe(&output));
+}

@@ -77,6 +77,16 @@ pub fn main(args: ExportArgs) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        // `export | head`: the reader has what it wanted; not an error (as `cat` and `grep` do).
+        Some(Err(e))
+            if args.output.is_none()
+                && e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Some(Err(e)) => {
             eprintln!("export: {e:#}");
             if args.output.is_some() {
@@ -114,6 +124,8 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<Summary> {
         }
         users += page.len() as u64;
         progress.tick(users);
+        // The embedded store reads inline: give Ctrl-C (raced against this in `main`) its turn.
+        tokio::task::yield_now().await;
     }
     output.finish().context("cannot write the export")?;
     progress.finish(users);
