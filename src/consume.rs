@@ -134,12 +134,9 @@ pub fn check_message(
                 .collect();
         format!("invalid user record: {}", fields.join("; "))
     })?;
-    // A version from the future would win over every update until then: a producer's clock
-    // or data is wrong. An hour allows for clock skew between producers.
-    let latest = OffsetDateTime::now_utc() + time::Duration::hours(1);
-    if doc.ingested_at > latest {
+    if let Err(why) = crate::domain::check_not_ahead(doc.ingested_at, OffsetDateTime::now_utc()) {
         return Err(format!(
-            "invalid user record: ingestedAt: {} is more than an hour in the future",
+            "invalid user record: ingestedAt: {} {why}",
             doc.ingested_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
         ));
     }

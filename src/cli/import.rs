@@ -478,12 +478,12 @@ fn read_records(bytes: &[u8], format: Format) -> anyhow::Result<Vec<Record>> {
         if let Value::Object(fields) = &mut record.body {
             fields.remove("ingestedAt");
             if fields.get("id").is_none_or(Value::is_null) {
-                // A digest of the record's content (keys in order: serde_json's map is sorted),
-                // so the same record gets the same id on every run — a resume, or a rerun after
-                // fixing other lines — and never becomes a second user.
+                // A digest of the record's content, so the same record gets the same id on
+                // every run — a resume, or a rerun after fixing other lines — and never
+                // becomes a second user.
                 fields.remove("id");
-                let content = Value::Object(fields.clone()).to_string();
-                let id = uuid::Uuid::new_v5(&RECORD_NAMESPACE, content.as_bytes());
+                let content = crate::domain::json::canonical_object(fields);
+                let id = uuid::Uuid::new_v5(&RECORD_NAMESPACE, &content);
                 fields.insert("id".into(), Value::String(id.to_string()));
             }
         }

@@ -105,10 +105,8 @@ fn document(line: &str) -> Result<UserDocument, String> {
     let ingested_at = OffsetDateTime::parse(&ingested, &Rfc3339)
         .map_err(|_| format!("ingestedAt {ingested:?} is not RFC 3339"))?;
     crate::domain::check_ingested_at(ingested_at).map_err(|why| format!("ingestedAt {ingested:?} {why}"))?;
-    // As the consumer refuses it: a version from the future would win over every update.
-    if ingested_at > OffsetDateTime::now_utc() + time::Duration::hours(1) {
-        return Err(format!("ingestedAt {ingested:?} is more than an hour in the future"));
-    }
+    crate::domain::check_not_ahead(ingested_at, OffsetDateTime::now_utc())
+        .map_err(|why| format!("ingestedAt {ingested:?} {why}"))?;
     if value.get("id").is_none_or(Value::is_null) {
         return Err("no id: not a line of an export".into());
     }

@@ -8,6 +8,53 @@ pub fn parse(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     serde_json::from_slice::<Strict>(bytes).map(|s| s.0)
 }
 
+/// JSON with every object's keys sorted, compact: the same value however it was spelled
+/// (key order, white space, escapes).
+pub fn canonical(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    write_canonical(value, &mut out);
+    out
+}
+
+/// [`canonical`], of an object's fields.
+pub fn canonical_object(fields: &serde_json::Map<String, Value>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    write_object(fields, &mut out);
+    out
+}
+
+fn write_object(fields: &serde_json::Map<String, Value>, out: &mut Vec<u8>) {
+    let mut keys: Vec<&String> = fields.keys().collect();
+    keys.sort_unstable();
+    out.push(b'{');
+    for (i, key) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
+        out.push(b':');
+        write_canonical(&fields[key], out);
+    }
+    out.push(b'}');
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(fields) => write_object(fields, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec cannot fail"),
+    }
+}
+
 /// [`parse`], of a string.
 pub fn parse_str(text: &str) -> Result<Value, serde_json::Error> {
     parse(text.as_bytes())

@@ -9,6 +9,6 @@ pub mod json;
 mod user;
 
 pub use user::{
-    check_ingested_at, json_kind, FieldError, NewUser, UserDocument, UserId, INGESTED_AT_RANGE,
-    MAX_ATTRIBUTES_BYTES, MAX_ATTRIBUTES_DEPTH, MAX_NAME_CHARS,
+    check_ingested_at, check_not_ahead, json_kind, FieldError, NewUser, UserDocument, UserId,
+    INGESTED_AT_RANGE, MAX_ATTRIBUTES_BYTES, MAX_ATTRIBUTES_DEPTH, MAX_NAME_CHARS,
 };

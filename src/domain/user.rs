@@ -21,6 +21,19 @@ const MAX_ID_LEN: usize = 128;
 pub const INGESTED_AT_RANGE: std::ops::Range<OffsetDateTime> =
     time::macros::datetime!(1970-01-01 0:00 UTC)..time::macros::datetime!(2262-01-01 0:00 UTC);
 
+/// How far ahead of `now` an ingestion time from outside may be: producers' clocks differ.
+/// Further ahead, the version would win over every update until then.
+pub const MAX_CLOCK_SKEW: time::Duration = time::Duration::hours(1);
+
+/// Why an ingestion time from outside, at `now`, lies too far in the future to be stored.
+pub fn check_not_ahead(t: OffsetDateTime, now: OffsetDateTime) -> Result<(), &'static str> {
+    if t > now + MAX_CLOCK_SKEW {
+        Err("is more than an hour in the future")
+    } else {
+        Ok(())
+    }
+}
+
 /// Why an ingestion time taken from outside (a message, an export) cannot be stored.
 pub fn check_ingested_at(t: OffsetDateTime) -> Result<(), &'static str> {
     if INGESTED_AT_RANGE.contains(&t) {

@@ -100,9 +100,7 @@ const IDEMPOTENCY_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x8b0e_41c2_7d3f
 impl Idempotency {
     fn new(key: String, request: &Value) -> Self {
         use sha2::Digest;
-        let mut canonical = Vec::with_capacity(1024);
-        write_canonical(request, &mut canonical);
-        let digest = sha2::Sha256::digest(&canonical);
+        let digest = sha2::Sha256::digest(crate::domain::json::canonical(request));
         let request_hash = digest.iter().fold(String::with_capacity(64), |mut hex, b| {
             use std::fmt::Write;
             let _ = write!(hex, "{b:02x}");
@@ -135,37 +133,6 @@ impl Idempotency {
                 fields.insert("id".into(), Value::String(id));
             }
         }
-    }
-}
-
-/// JSON with every object's keys sorted: the same request, however it was spelled.
-fn write_canonical(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Object(fields) => {
-            let mut keys: Vec<&String> = fields.keys().collect();
-            keys.sort_unstable();
-            out.push(b'{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                serde_json::to_writer(&mut *out, key).expect("writing to a Vec cannot fail");
-                out.push(b':');
-                write_canonical(&fields[key], out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec cannot fail"),
     }
 }
 

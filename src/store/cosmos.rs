@@ -190,6 +190,14 @@ impl RequestCharge {
         self.0.fetch_add((ru * 1000.0).round() as u64, Ordering::Relaxed);
     }
 
+    /// Counts an answer's request charge, here and in the metrics under `op`.
+    fn record(&self, op: &'static str, charge: Option<f64>) {
+        if let Some(ru) = charge {
+            self.add(ru);
+            crate::telemetry::metrics::request_charge(op, ru);
+        }
+    }
+
     pub fn total(&self) -> f64 {
         self.0.load(Ordering::Relaxed) as f64 / 1000.0
     }
@@ -226,10 +234,7 @@ impl CosmosUserStore {
     }
 
     fn record(&self, op: &'static str, charge: Option<f64>) {
-        if let Some(ru) = charge {
-            self.charge.add(ru);
-            crate::telemetry::metrics::request_charge(op, ru);
-        }
+        self.charge.record(op, charge);
     }
 }
 
@@ -362,10 +367,7 @@ impl DeadLetterStore for CosmosDeadLetters {
         });
         match self.container.create_item(id.clone(), id.as_str(), body.clone(), None).await {
             Ok(response) => {
-                if let Some(ru) = response.headers().request_charge() {
-                    self.charge.add(ru.value());
-                    crate::telemetry::metrics::request_charge("park", ru.value());
-                }
+                self.charge.record("park", response.headers().request_charge().map(|c| c.value()));
                 Ok(())
             }
             Err(e) => Err(PublishError::Unavailable {
@@ -520,10 +522,7 @@ impl CosmosKeyLedger {
     }
 
     fn record(&self, charge: Option<f64>) {
-        if let Some(ru) = charge {
-            self.charge.add(ru);
-            crate::telemetry::metrics::request_charge("idempotency", ru);
-        }
+        self.charge.record("idempotency", charge);
     }
 }
 

@@ -110,9 +110,9 @@ impl SqliteUserStore {
     /// tells the runtime it blocks (other tasks move off this thread meanwhile).
     pub async fn count(&self) -> Result<u64, StoreError> {
         let count = || {
-            futures::executor::block_on(self.read(|conn| {
+            self.read_now(|conn| {
                 conn.prepare_cached("SELECT COUNT(*) FROM users")?.query_row([], |r| r.get::<_, i64>(0))
-            }))
+            })
         };
         let multi_threaded = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
@@ -124,6 +124,14 @@ impl SqliteUserStore {
     /// microseconds and WAL readers never wait for the writer, so handing it to the blocking
     /// pool would cost more than it saves.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<T>,
+    {
+        self.read_now(f)
+    }
+
+    /// [`read`](Self::read), as the blocking call it is.
+    fn read_now<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         F: FnOnce(&Connection) -> rusqlite::Result<T>,
     {
