@@ -42,6 +42,20 @@ fn user(i: usize) -> String {
         .to_string()
 }
 
+/// POSTs a host invocation to `/ingest-consume`.
+fn consume(
+    client: &reqwest::blocking::Client,
+    server: &TestServer,
+    invocation: impl Into<reqwest::blocking::Body>,
+) -> reqwest::blocking::Response {
+    client
+        .post(server.url("/ingest-consume"))
+        .header("content-type", "application/json")
+        .body(invocation)
+        .send()
+        .unwrap()
+}
+
 /// A host invocation of `/ingest-consume` for `record` (a JSON value).
 fn invocation(record: &Value, message_id: &str) -> String {
     json!({
@@ -122,12 +136,7 @@ fn metrics_count_requests_records_outcomes_and_one_processing_sample_per_stored_
 
     // A poison message through the host's route is parked and counted.
     let poison = json!({"name": "Poison", "email": "not-an-address"});
-    let r = client
-        .post(server.url("/ingest-consume"))
-        .header("content-type", "application/json")
-        .body(invocation(&poison, "poison-1"))
-        .send()
-        .unwrap();
+    let r = consume(&client, &server, invocation(&poison, "poison-1"));
     assert_eq!(r.status(), 200);
     let text = scrape(&server);
     assert_eq!(sample(&text, "dead_letters", &[]), Some(1.0), "{text}");
@@ -324,12 +333,7 @@ fn no_name_or_email_of_the_2000_users_reaches_logs_metrics_status_or_exported_te
         if i % 2 == 0 {
             record["age"] = json!(-1);
         }
-        let r = client
-            .post(server.url("/ingest-consume"))
-            .header("content-type", "application/json")
-            .body(invocation(&record, &format!("pii-{i}")))
-            .send()
-            .unwrap();
+        let r = consume(&client, &server, invocation(&record, &format!("pii-{i}")));
         assert_eq!(r.status(), 200);
         let mut bad = u.clone();
         bad["age"] = json!("old");
@@ -345,23 +349,13 @@ fn no_name_or_email_of_the_2000_users_reaches_logs_metrics_status_or_exported_te
         if i % 2 == 0 {
             assert_eq!(post_user(&client, &server, &record.to_string()).0, 202, "{record}");
         } else {
-            let r = client
-                .post(server.url("/ingest-consume"))
-                .header("content-type", "application/json")
-                .body(invocation(&record, &format!("pii-id-{i}")))
-                .send()
-                .unwrap();
+            let r = consume(&client, &server, invocation(&record, &format!("pii-id-{i}")));
             assert_eq!(r.status(), 200);
         }
         email_ids.push(email.clone());
         let mut poison = u.clone();
         poison[email.as_str()] = json!(true);
-        let r = client
-            .post(server.url("/ingest-consume"))
-            .header("content-type", "application/json")
-            .body(invocation(&poison, &format!("pii-key-{i}")))
-            .send()
-            .unwrap();
+        let r = consume(&client, &server, invocation(&poison, &format!("pii-key-{i}")));
         assert_eq!(r.status(), 200);
         assert!(!r.text().unwrap().contains(&email), "the host logs the answer");
         // Another producer's metadata may hold an address too: as MessageId and CorrelationId
@@ -369,23 +363,13 @@ fn no_name_or_email_of_the_2000_users_reaches_logs_metrics_status_or_exported_te
         for message in [u.clone(), poison.clone()] {
             let mut host: Value = serde_json::from_str(&invocation(&message, &email)).unwrap();
             host["Metadata"]["CorrelationId"] = json!(email);
-            let r = client
-                .post(server.url("/ingest-consume"))
-                .header("content-type", "application/json")
-                .body(host.to_string())
-                .send()
-                .unwrap();
+            let r = consume(&client, &server, host.to_string());
             assert_eq!(r.status(), 200);
             assert!(!r.text().unwrap().contains(&email), "the host logs the answer");
         }
         let mut host: Value = serde_json::from_str(&invocation(u, &format!("pii-time-{i}"))).unwrap();
         host["Metadata"]["EnqueuedTimeUtc"] = json!(format!("{email} {}", u["name"].as_str().unwrap()));
-        let r = client
-            .post(server.url("/ingest-consume"))
-            .header("content-type", "application/json")
-            .body(host.to_string())
-            .send()
-            .unwrap();
+        let r = consume(&client, &server, host.to_string());
         assert_eq!(r.status(), 400);
         assert!(!r.text().unwrap().contains(&email));
     }
