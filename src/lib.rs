@@ -16,7 +16,7 @@
 //!   publisher; dead letters for operators.
 //! - [`store`]: the [`store::UserStore`] trait, the embedded SQLite document store and Cosmos DB.
 //! - [`consume`]: the consume step shared by `POST /ingest-consume` and the worker.
-//! - [`wal`]: WAL checkpoints of the embedded SQLite files, off the commit path.
+//! - [`wal`]: when the embedded SQLite files checkpoint their WAL.
 //! - [`worker`]: drains the embedded topic; waits out store outages, parks poison messages.
 //! - [`telemetry`]: JSON logs on stdout, metrics (`/metrics`, `/status`), Application Insights.
 //! - [`cli`]: the other commands: `import` (a client of the API), the operator's `get`,

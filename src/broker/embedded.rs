@@ -108,7 +108,6 @@ pub struct SqliteQueue {
     jobs: mpsc::Sender<Job>,
     reader: Arc<Mutex<Connection>>,
     published: Arc<Notify>,
-    _checkpoints: crate::wal::Checkpointer,
 }
 
 impl SqliteQueue {
@@ -117,7 +116,7 @@ impl SqliteQueue {
         let writer = open_connection(path)?;
         writer.execute_batch(SCHEMA)?;
         prune_keys(&writer)?;
-        let checkpoints = crate::wal::start(&writer, path, "queue")?;
+        crate::wal::on_commit(&writer)?;
         let reader = open_connection(path)?;
         let (jobs, receiver) = mpsc::channel(MAX_PENDING_COMMANDS);
         let published = Arc::new(Notify::new());
@@ -125,7 +124,7 @@ impl SqliteQueue {
         std::thread::Builder::new()
             .name("queue-writer".into())
             .spawn(move || write_loop(writer, receiver, notify))?;
-        Ok(Self { jobs, reader: Arc::new(Mutex::new(reader)), published, _checkpoints: checkpoints })
+        Ok(Self { jobs, reader: Arc::new(Mutex::new(reader)), published })
     }
 
     /// Resolves when a publish has committed since the last call (or already had).

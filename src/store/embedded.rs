@@ -33,8 +33,6 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const READERS: usize = 2;
 
 pub struct SqliteUserStore {
-    /// None for a read-only store.
-    _checkpoints: Option<crate::wal::Checkpointer>,
     writer: Arc<Mutex<Connection>>,
     readers: Vec<Mutex<Connection>>,
     /// The documents this process wrote most recently, as committed: a write-through cache,
@@ -59,12 +57,12 @@ impl SqliteUserStore {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let writer = open_connection(path)?;
         writer.execute_batch(SCHEMA)?;
-        let checkpoints = crate::wal::start(&writer, path, "store")?;
+        crate::wal::on_commit(&writer)?;
         let readers =
             (0..READERS).map(|_| open_connection(path).map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
         let recent =
             Arc::new(quick_cache::sync::Cache::with_weighter(32 * 1024, CACHE_BYTES, DocumentWeight));
-        Ok(Self { _checkpoints: Some(checkpoints), writer: Arc::new(Mutex::new(writer)), readers, recent })
+        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers, recent })
     }
 
     /// Opens an existing store for reading only, as the operator's commands do while the
@@ -90,7 +88,7 @@ impl SqliteUserStore {
         let readers = (0..READERS).map(|_| open().map(Mutex::new)).collect::<Result<Vec<_>, _>>()?;
         // Filled only by writes, which a read-only store never makes: kept tiny.
         let recent = Arc::new(quick_cache::sync::Cache::with_weighter(16, 1024, DocumentWeight));
-        Ok(Self { _checkpoints: None, writer: Arc::new(Mutex::new(writer)), readers, recent })
+        Ok(Self { writer: Arc::new(Mutex::new(writer)), readers, recent })
     }
 
     /// One page of the export: the documents with ids after `after`, in id order.
