@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
 use axum::routing::{get, post};
 use axum::Router;
 use futures::FutureExt;
@@ -92,8 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route(CONSUME_PATH, post(consume::consume))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
-        .layer(axum::middleware::from_fn(access_log))
+        .layer(Front::new(state.api_key.clone(), state.in_flight.clone()))
         .with_state(state)
 }
 
@@ -106,78 +104,139 @@ pub struct LogIds {
     pub trace_id: Option<String>,
 }
 
-/// One JSON log line per request: method, route (the matched pattern, not the raw path),
-/// status, latency, the host's invocation id and the ids the handler reported.
-async fn access_log(request: Request, next: Next) -> axum::response::Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let invocation_id = request.headers().get("x-azure-functions-invocationid").cloned();
-    let traceparent = request.headers().get("traceparent").cloned();
-    // A panic is a bug; it must still end in an answer (and a log line) rather than a reset
-    // connection, and never take the process down.
-    let response = match std::panic::AssertUnwindSafe(next.run(request)).catch_unwind().await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::error!(
-                route = route.as_ref().map_or("unmatched", |r| r.as_str()),
-                "a handler panicked; answering 500"
-            );
-            crate::telemetry::metrics::registry().add(&crate::telemetry::metrics::PANICS, &["http"], 1);
-            axum::response::IntoResponse::into_response(ApiError::Internal)
-        }
-    };
-    let ids = response.extensions().get::<LogIds>();
-    crate::telemetry::access(&crate::telemetry::Access {
-        method: &method,
-        route: route.as_ref().map_or("unmatched", |r| r.as_str()),
-        status: response.status().as_u16(),
-        elapsed: started.elapsed(),
-        invocation_id: invocation_id.as_ref().and_then(|v| v.to_str().ok()),
-        traceparent: traceparent.as_ref().and_then(|v| v.to_str().ok()),
-        trace_id: ids.and_then(|i| i.trace_id.as_deref()),
-        user_id: ids.and_then(|i| i.user_id.as_deref()),
-        message_id: ids.and_then(|i| i.message_id.as_deref()),
-    });
-    response
+/// What wraps every route, as ONE hand-written layer (two `middleware::from_fn` layers boxed
+/// a future and cloned the service they wrap each, per request):
+/// - the gate every request but the probes (`GET /`, `GET /api/health`) passes: with
+///   `INGEST_API_KEY` set, the key, carried as the Functions host's keys are (an
+///   `x-functions-key` header or a `code` query parameter, compared in the same time wherever
+///   it differs); past `MAX_IN_FLIGHT` requests being handled, 503 with Retry-After before any
+///   work is done — a bounded amount of work and a clear signal to back off, instead of
+///   latency that grows until everything times out;
+/// - a panic in a handler is a bug, but still ends in an answer (problem+json 500, logged
+///   and counted) rather than a reset connection, and never takes the process down;
+/// - one JSON log line per request (method, route — the matched pattern, not the raw path —
+///   status, latency, the host's invocation id and the ids the handler reported), with its
+///   metrics and its Application Insights item.
+#[derive(Clone)]
+pub(crate) struct Front {
+    api_key: Option<crate::config::Secret>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
-/// The gate every request but the probes (`GET /`, `GET /api/health`) passes, in one layer:
-/// - with `INGEST_API_KEY` set, the key, carried as the Functions host's keys are: an
-///   `x-functions-key` header or a `code` query parameter (compared in the same time wherever
-///   it differs);
-/// - past `MAX_IN_FLIGHT` requests being handled, 503 with Retry-After before any work is
-///   done: a bounded amount of work and a clear signal to back off, instead of latency that
-///   grows until everything times out.
-async fn guard(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    request: Request,
-    next: Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let path = request.uri().path();
-    if path == "/" || path == "/api/health" {
-        return next.run(request).await;
+impl Front {
+    pub(crate) fn new(
+        api_key: Option<crate::config::Secret>,
+        in_flight: Arc<tokio::sync::Semaphore>,
+    ) -> Self {
+        Self { api_key, in_flight }
     }
-    if let Some(key) = &state.api_key {
-        let from_header = request.headers().get("x-functions-key").map(|v| v.as_bytes().to_vec());
-        let from_query = request.uri().query().and_then(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "code")
-                .map(|(_, v)| v.as_bytes().to_vec())
+
+    /// Lets the request in (with its in-flight permit; none for the probes), or answers it.
+    fn admit(&self, request: &Request) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+        let path = request.uri().path();
+        if path == "/" || path == "/api/health" {
+            return Ok(None);
+        }
+        if let Some(key) = &self.api_key {
+            let from_header = request.headers().get("x-functions-key").map(|v| v.as_bytes().to_vec());
+            let from_query = request.uri().query().and_then(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "code")
+                    .map(|(_, v)| v.as_bytes().to_vec())
+            });
+            let given = from_header.or(from_query);
+            if !given.as_deref().is_some_and(|g| same(g, key.expose().as_bytes())) {
+                return Err(ApiError::Unauthorized { missing: given.is_none() });
+            }
+        }
+        match self.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Some(permit)),
+            Err(_) => Err(ApiError::Overloaded { retry_after: std::time::Duration::from_secs(1) }),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for Front {
+    type Service = FrontService<S>;
+
+    fn layer(&self, inner: S) -> FrontService<S> {
+        FrontService { inner, front: self.clone() }
+    }
+}
+
+/// A route wrapped in [`Front`].
+#[derive(Clone)]
+pub(crate) struct FrontService<S> {
+    inner: S,
+    front: Front,
+}
+
+type Response = axum::response::Response;
+
+impl<S> tower::Service<Request> for FrontService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Response, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let invocation_id = request.headers().get("x-azure-functions-invocationid").cloned();
+        let traceparent = request.headers().get("traceparent").cloned();
+        let admitted = self.front.admit(&request).map(|permit| {
+            let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.call(request)));
+            (call, permit)
         });
-        let given = from_header.or(from_query);
-        if !given.as_deref().is_some_and(|g| same(g, key.expose().as_bytes())) {
-            return ApiError::Unauthorized { missing: given.is_none() }.into_response();
-        }
-    }
-    match state.in_flight.clone().try_acquire_owned() {
-        Ok(permit) => {
-            let response = next.run(request).await;
-            drop(permit);
-            response
-        }
-        Err(_) => ApiError::Overloaded { retry_after: std::time::Duration::from_secs(1) }.into_response(),
+        Box::pin(async move {
+            let response = match admitted {
+                Err(refused) => axum::response::IntoResponse::into_response(refused),
+                Ok((call, permit)) => {
+                    let answered = match call {
+                        Ok(future) => std::panic::AssertUnwindSafe(future).catch_unwind().await,
+                        Err(panic) => Err(panic),
+                    };
+                    drop(permit);
+                    match answered {
+                        Ok(Ok(response)) => response,
+                        Ok(Err(never)) => match never {},
+                        Err(_) => {
+                            tracing::error!(
+                                route = route.as_ref().map_or("unmatched", |r| r.as_str()),
+                                "a handler panicked; answering 500"
+                            );
+                            crate::telemetry::metrics::registry().add(
+                                &crate::telemetry::metrics::PANICS,
+                                &["http"],
+                                1,
+                            );
+                            axum::response::IntoResponse::into_response(ApiError::Internal)
+                        }
+                    }
+                }
+            };
+            let ids = response.extensions().get::<LogIds>();
+            crate::telemetry::access(&crate::telemetry::Access {
+                method: &method,
+                route: route.as_ref().map_or("unmatched", |r| r.as_str()),
+                status: response.status().as_u16(),
+                elapsed: started.elapsed(),
+                invocation_id: invocation_id.as_ref().and_then(|v| v.to_str().ok()),
+                traceparent: traceparent.as_ref().and_then(|v| v.to_str().ok()),
+                trace_id: ids.and_then(|i| i.trace_id.as_deref()),
+                user_id: ids.and_then(|i| i.user_id.as_deref()),
+                message_id: ids.and_then(|i| i.message_id.as_deref()),
+            });
+            Ok(response)
+        })
     }
 }
 

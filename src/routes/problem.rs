@@ -250,7 +250,7 @@ fn field_list(errors: &[FieldError]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{access_log, problem};
+    use super::super::{problem, Front};
     use axum::extract::Request;
     use axum::routing::get;
     use axum::Router;
@@ -261,7 +261,9 @@ mod tests {
         async fn buggy() -> &'static str {
             panic!("a bug")
         }
-        let app = Router::new().route("/bug", get(buggy)).layer(axum::middleware::from_fn(access_log));
+        let app = Router::new()
+            .route("/bug", get(buggy))
+            .layer(Front::new(None, std::sync::Arc::new(tokio::sync::Semaphore::new(8))));
         use crate::telemetry::metrics::{registry, PANICS};
         let panics = || registry().counter_total(&PANICS, |labels| labels == ["http"]);
         let before = panics();
