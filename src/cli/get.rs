@@ -71,9 +71,9 @@ pub async fn run(args: &GetArgs) -> anyhow::Result<Option<String>> {
         return Ok(None);
     };
     if args.compact {
-        return Ok(Some(user.json));
+        return Ok(Some(String::from_utf8(user.json.to_vec())?));
     }
-    let doc: InOrder = serde_json::from_str(&user.json)?;
+    let doc: InOrder = serde_json::from_slice(&user.json)?;
     Ok(Some(serde_json::to_string_pretty(&doc)?))
 }
 

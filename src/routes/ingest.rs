@@ -17,10 +17,11 @@ use crate::telemetry::metrics;
 
 pub async fn create_user(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    // The request itself rather than a `HeaderMap` and a body: that extractor copies the map.
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let result = accept(&state, &headers, body).await;
+    let (parts, body) = request.into_parts();
+    let result = accept(&state, &parts.headers, body).await;
     if let Err(e) = &result {
         // A refused request counts as one refused record; a refused batch's records were
         // counted one by one where they were checked.

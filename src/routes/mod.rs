@@ -29,6 +29,12 @@ use problem::ApiError;
 
 /// The route of each function, as its `function.json` declares it.
 pub const CONSUME_PATH: &str = "/ingest-consume";
+
+/// Headers read on every request, by their parsed names (a lookup by `&str` parses the name
+/// each time).
+static FUNCTIONS_KEY: http::HeaderName = http::HeaderName::from_static("x-functions-key");
+static INVOCATION_ID: http::HeaderName = http::HeaderName::from_static("x-azure-functions-invocationid");
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 /// The largest invocation payload the consume route reads: a 256 KB Service Bus message,
 /// base64'd and wrapped in the host's JSON, with room to spare.
 pub(crate) const MAX_INVOCATION_BYTES: usize = 4 * 1024 * 1024;
@@ -138,7 +144,7 @@ impl Front {
             return Ok(None);
         }
         if let Some(key) = &self.api_key {
-            let from_header = request.headers().get("x-functions-key").map(|v| v.as_bytes().to_vec());
+            let from_header = request.headers().get(&FUNCTIONS_KEY).map(|v| v.as_bytes().to_vec());
             let from_query = request.uri().query().and_then(|q| {
                 url::form_urlencoded::parse(q.as_bytes())
                     .find(|(k, _)| k == "code")
@@ -190,8 +196,8 @@ where
         let started = Instant::now();
         let method = request.method().clone();
         let route = request.extensions().get::<MatchedPath>().cloned();
-        let invocation_id = request.headers().get("x-azure-functions-invocationid").cloned();
-        let traceparent = request.headers().get("traceparent").cloned();
+        let invocation_id = request.headers().get(&INVOCATION_ID).cloned();
+        let traceparent = request.headers().get(&TRACEPARENT).cloned();
         let admitted = self.front.admit(&request).map(|permit| {
             let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.call(request)));
             (call, permit)

@@ -13,8 +13,10 @@ use crate::telemetry::metrics;
 pub async fn get_user(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
+    // The request itself rather than a `HeaderMap`, which the extractor would copy.
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    let headers = request.headers();
     let Path(raw) = path.map_err(|_| ApiError::InvalidUserId("is not valid UTF-8 once percent-decoded"))?;
     let id = UserId::parse(&raw).map_err(ApiError::InvalidUserId)?;
     let started = std::time::Instant::now();
@@ -29,8 +31,13 @@ pub async fn get_user(
         return Err(ApiError::NotFound(format!("User {id}")));
     };
     let tag = entity_tag(&user.etag);
-    let etag = HeaderValue::from_str(&format!("\"{tag}\"")).expect("entity_tag gives header-safe tags");
-    if if_none_match(&headers, &tag) {
+    let mut quoted = Vec::with_capacity(tag.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(tag.as_bytes());
+    quoted.push(b'"');
+    let etag = HeaderValue::from_maybe_shared(axum::body::Bytes::from(quoted))
+        .expect("entity_tag gives header-safe tags");
+    if if_none_match(headers, &tag) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     Ok((

@@ -293,7 +293,7 @@ impl UserStore for CosmosUserStore {
         self.record("read", response.headers().request_charge().map(|c| c.value()));
         let etag = response.headers().etag().map(|e| e.to_string()).unwrap_or_default();
         let raw: Map<String, Value> = response.into_model().map_err(unavailable)?;
-        Ok(Some(StoredUser { json: user_json(raw), etag: etag.trim_matches('"').to_owned() }))
+        Ok(Some(StoredUser { json: user_json(raw).into(), etag: etag.trim_matches('"').to_owned() }))
     }
 
     fn export(&self, page_size: NonZeroU32) -> ExportPages<'_> {

@@ -186,7 +186,7 @@ impl UserStore for SqliteUserStore {
             // Still under the writer's lock, so the cache sees the commits in their order.
             for (((doc, _), (json, etag)), outcome) in writes.iter().zip(rows).zip(&outcomes) {
                 if *outcome == UpsertOutcome::Written {
-                    recent.insert(doc.id.as_str().to_owned(), StoredUser { json, etag });
+                    recent.insert(doc.id.as_str().to_owned(), StoredUser { json: json.into(), etag });
                 }
             }
             Ok(outcomes)
@@ -203,7 +203,9 @@ impl UserStore for SqliteUserStore {
         let id = id.as_str().to_owned();
         self.read(move |conn| {
             conn.prepare_cached("SELECT doc, etag FROM users WHERE id = ?1")?
-                .query_row([id], |row| Ok(StoredUser { json: row.get(0)?, etag: row.get(1)? }))
+                .query_row([id], |row| {
+                    Ok(StoredUser { json: row.get::<_, String>(0)?.into(), etag: row.get(1)? })
+                })
                 .optional()
         })
         .await

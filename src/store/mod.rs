@@ -17,9 +17,10 @@ use crate::broker::BackendHealth;
 use crate::domain::{UserDocument, UserId};
 
 /// A document as the store returns it: the JSON the API serves, untouched, and its version.
+/// The JSON is shared bytes: a cached document is served without a copy.
 #[derive(Debug, Clone)]
 pub struct StoredUser {
-    pub json: String,
+    pub json: bytes::Bytes,
     pub etag: String,
 }
 

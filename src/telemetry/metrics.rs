@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,8 +187,13 @@ impl Histogram {
         let ns = (seconds * 1e9) as u64;
         self.buckets[slot].fetch_add(1, Relaxed);
         self.sum_ns.fetch_add(ns, Relaxed);
-        self.min_ns.fetch_min(ns, Relaxed);
-        self.max_ns.fetch_max(ns, Relaxed);
+        // Read first: a new extreme is rare, and a read leaves the line shared between cores.
+        if ns < self.min_ns.load(Relaxed) {
+            self.min_ns.fetch_min(ns, Relaxed);
+        }
+        if ns > self.max_ns.load(Relaxed) {
+            self.max_ns.fetch_max(ns, Relaxed);
+        }
         self.count.fetch_add(1, Relaxed);
     }
 
@@ -274,7 +279,7 @@ struct Series {
 /// The series of one metric, keyed by their label values joined with U+001F.
 #[derive(Debug, Default)]
 struct Family {
-    series: RwLock<HashMap<String, Arc<Series>>>,
+    series: RwLock<HashMap<String, Series, rustc_hash::FxBuildHasher>>,
 }
 
 /// All metrics of the process. One per process: [`registry`].
@@ -300,12 +305,15 @@ impl Registry {
     fn new() -> Self {
         let registry = Registry { families: CATALOGUE.iter().map(|_| Family::default()).collect() };
         for def in CATALOGUE.iter().filter(|d| d.labels.is_empty()) {
-            registry.series(def, &[]);
+            registry.with_series(def, &[], |_| ());
         }
         registry
     }
 
-    fn series(&self, def: &'static Def, labels: &[&str]) -> Arc<Series> {
+    /// Runs `f` on the series of `def` with these label values, creating it at zero the first
+    /// time. Under the family's read lock, without taking a reference count: this runs a few
+    /// times per request, on every thread.
+    fn with_series<R>(&self, def: &'static Def, labels: &[&str], f: impl FnOnce(&Series) -> R) -> R {
         debug_assert_eq!(labels.len(), def.labels.len(), "{}", def.name);
         let family = &self.families[def.index];
         KEY.with(|key| {
@@ -317,40 +325,47 @@ impl Registry {
                 }
                 key.push_str(value);
             }
-            if let Some(series) = family.series.read().unwrap_or_else(|p| p.into_inner()).get(key.as_str()) {
-                return series.clone();
+            {
+                let map = family.series.read().unwrap_or_else(|p| p.into_inner());
+                if let Some(series) = map.get(key.as_str()) {
+                    return f(series);
+                }
             }
             let mut map = family.series.write().unwrap_or_else(|p| p.into_inner());
-            map.entry(key.clone())
-                .or_insert_with(|| {
-                    let cell = match def.kind {
-                        Kind::Counter => Cell::Counter(AtomicU64::new(0)),
-                        Kind::Gauge => Cell::Gauge(AtomicU64::new(0f64.to_bits())),
-                        Kind::Histogram => Cell::Histogram(Box::default()),
-                    };
-                    Arc::new(Series { labels: labels.iter().map(|l| l.to_string()).collect(), cell })
-                })
-                .clone()
+            let series = map.entry(key.clone()).or_insert_with(|| {
+                let cell = match def.kind {
+                    Kind::Counter => Cell::Counter(AtomicU64::new(0)),
+                    Kind::Gauge => Cell::Gauge(AtomicU64::new(0f64.to_bits())),
+                    Kind::Histogram => Cell::Histogram(Box::default()),
+                };
+                Series { labels: labels.iter().map(|l| l.to_string()).collect(), cell }
+            });
+            f(series)
         })
     }
 
-    /// Adds `n` to a counter.
     pub fn add(&self, def: &'static Def, labels: &[&str], n: u64) {
-        if let Cell::Counter(c) = &self.series(def, labels).cell {
-            c.fetch_add(n, Relaxed);
-        }
+        self.with_series(def, labels, |series| {
+            if let Cell::Counter(c) = &series.cell {
+                c.fetch_add(n, Relaxed);
+            }
+        })
     }
 
     pub fn set(&self, def: &'static Def, labels: &[&str], value: f64) {
-        if let Cell::Gauge(g) = &self.series(def, labels).cell {
-            g.store(value.to_bits(), Relaxed);
-        }
+        self.with_series(def, labels, |series| {
+            if let Cell::Gauge(g) = &series.cell {
+                g.store(value.to_bits(), Relaxed);
+            }
+        })
     }
 
     pub fn observe(&self, def: &'static Def, labels: &[&str], seconds: f64) {
-        if let Cell::Histogram(h) = &self.series(def, labels).cell {
-            h.observe(seconds);
-        }
+        self.with_series(def, labels, |series| {
+            if let Cell::Histogram(h) = &series.cell {
+                h.observe(seconds);
+            }
+        })
     }
 
     /// Every series of every metric, as it stands.
@@ -380,10 +395,10 @@ impl Registry {
     /// The smallest and largest samples of a histogram series since the last call.
     pub fn take_min_max(&self, def: &'static Def, labels: &[String]) -> Option<(f64, f64)> {
         let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-        match &self.series(def, &labels).cell {
+        self.with_series(def, &labels, |series| match &series.cell {
             Cell::Histogram(h) => h.take_min_max(),
             _ => None,
-        }
+        })
     }
 
     /// A counter's total over all its series whose labels match `filter`.

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use time::format_description::well_known::Rfc3339;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
@@ -231,7 +230,7 @@ fn access_line(a: &Access<'_>, method: &str) {
     };
     let mut line = String::with_capacity(320);
     line.push_str("{\"timestamp\":\"");
-    line.push_str(&time::OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default());
+    push_timestamp(&mut line);
     line.push_str("\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
     push_json_str(&mut line, method);
     line.push_str(",\"route\":");
@@ -275,7 +274,7 @@ pub fn message_stored(invocation_id: Option<&str>, message_id: &str, user_id: &s
     };
     let mut line = String::with_capacity(200);
     line.push_str("{\"timestamp\":\"");
-    line.push_str(&time::OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default());
+    push_timestamp(&mut line);
     line.push_str("\",\"level\":\"INFO\",\"message\":\"message stored\"");
     for (name, value) in
         [("invocation_id", invocation_id), ("message_id", Some(&message_id)), ("user_id", Some(&user_id))]
@@ -291,6 +290,31 @@ pub fn message_stored(invocation_id: Option<&str>, message_id: &str, user_id: &s
     sink.append(line.as_bytes());
 }
 
+/// The time now as the subscriber writes it (RFC 3339, UTC, microseconds): the date and time
+/// of day are formatted once a second per thread, the microseconds every time.
+fn push_timestamp(out: &mut String) {
+    use std::cell::RefCell;
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    SECOND.with(|second| {
+        let mut second = second.borrow_mut();
+        if second.0 != now.as_secs() {
+            let at = time::OffsetDateTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
+            let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+            *second = (now.as_secs(), at.format(&format).unwrap_or_default());
+        }
+        out.push_str(&second.1);
+    });
+    let micros = now.subsec_micros();
+    out.push('.');
+    let digits = itoa::Buffer::new().format(micros).len();
+    out.extend(std::iter::repeat_n('0', 6 - digits));
+    out.push_str(itoa::Buffer::new().format(micros));
+    out.push('Z');
+}
+
 fn push_json_str(out: &mut String, value: &str) {
     if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f) {
         out.push('"');
@@ -304,6 +328,21 @@ fn push_json_str(out: &mut String, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds_like_the_subscriber_s() {
+        use time::format_description::well_known::Rfc3339;
+        for _ in 0..3 {
+            let before = time::OffsetDateTime::now_utc();
+            let mut line = String::new();
+            push_timestamp(&mut line);
+            let after = time::OffsetDateTime::now_utc();
+            assert_eq!(line.len(), "2026-12-04T12:41:02.783037Z".len(), "{line}");
+            let parsed = time::OffsetDateTime::parse(&line, &Rfc3339).unwrap();
+            let micro = time::Duration::microseconds(1);
+            assert!(parsed + micro >= before && parsed <= after, "{before} <= {line} <= {after}");
+        }
+    }
 
     #[test]
     fn a_parked_reason_names_the_record_fields_but_no_key_the_producer_chose() {
