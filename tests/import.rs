@@ -140,6 +140,44 @@ fn an_unreachable_service_fails_fast_with_the_url() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("http://127.0.0.1:9"));
 }
 
+#[test]
+fn a_url_that_is_not_http_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .args(["import", "--url", "ftp://127.0.0.1:9"])
+        .arg(support::data_file("users.ndjson"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("ftp://127.0.0.1:9") && stderr.contains("http:// or https://"), "{stderr}");
+}
+
+#[test]
+fn an_import_whose_output_reader_has_gone_still_imports_and_exits_cleanly() {
+    // `import … | head -0`: the reader closes the pipe before the report is written.
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&dir.path().join("data"), &[]);
+    let input = dir.path().join("few.ndjson");
+    let lines: Vec<String> = support::users().into_iter().take(20).map(|u| u.to_string()).collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["import", "--quiet", "--url", &server.base])
+        .arg(&input)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(!stderr.contains("Broken pipe") && !stderr.contains("panicked"), "{stderr}");
+    assert_eq!(read_ndjson(&dir.path().join("few.ndjson.accepted.ndjson")).len(), 20);
+}
+
 /// A CSV cell, quoted as RFC 4180 wants.
 fn cell(value: &Value) -> String {
     let text = match value {

@@ -92,8 +92,11 @@ pub enum Format {
 struct Record {
     /// 1-based line number (NDJSON, CSV data rows counted from the header's line) or element number (JSON array).
     position: usize,
-    /// What is sent: the record as read, with an id when it had none.
+    /// The record as read, with an id when it had none.
     body: Value,
+    /// What is sent: the line as written when the record needed no change (NDJSON), else
+    /// `body` as JSON; shared, so a retry sends it again without a copy.
+    text: bytes::Bytes,
     /// The input, for the rejects file, when it could not be read as a record.
     raw: Option<String>,
     /// The line as written (NDJSON), for the rejects file.
@@ -209,16 +212,9 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<Summary> {
         read_records(&bytes, format).with_context(|| format!("cannot read {}", args.file.display()))?;
     drop(bytes);
     let base = args.url.trim_end_matches('/').to_owned();
-    // Parsed once: reqwest parses a URL given as text on every request (3 % of an import).
-    let endpoint =
-        reqwest::Url::parse(&format!("{base}/api/users")).with_context(|| format!("{base} is not a URL"))?;
     let batch_size = args.batch_size as usize;
     let concurrency = args.concurrency.map_or(if batch_size > 1 { 4 } else { 32 }, usize::from);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs(60))
-        .build()?;
+    let client = Transport::new(&base, concurrency)?;
     preflight(&client, &base).await?;
 
     let stem = args.file.file_name().map_or("import".into(), |n| n.to_string_lossy().into_owned());
@@ -270,13 +266,12 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<Summary> {
     let max_attempts = args.max_attempts.max(1);
     let send = |number: usize, batch: Vec<Record>, ids: Vec<String>| {
         let client = client.clone();
-        let endpoint = endpoint.clone();
         let api_key = api_key.clone();
         async move {
             let outcomes = if batch_size == 1 {
-                vec![send_one(&client, &endpoint, api_key.as_deref(), &batch[0], max_attempts).await]
+                vec![send_one(&client, api_key.as_deref(), &batch[0], max_attempts).await]
             } else {
-                send_batch(&client, &endpoint, api_key.as_deref(), &batch, max_attempts).await
+                send_batch(&client, api_key.as_deref(), &batch, max_attempts).await
             };
             (number, batch, outcomes, ids)
         }
@@ -392,7 +387,16 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<Summary> {
     } else {
         String::new()
     };
-    println!(
+    // The report goes to stdout in one write; a reader that stops early (`import … | head`)
+    // does not change what the import did, nor its exit status.
+    let mut report = String::new();
+    macro_rules! w {
+        ($($arg:tt)*) => {{
+            use std::fmt::Write as _;
+            let _ = writeln!(report, $($arg)*);
+        }};
+    }
+    w!(
         "imported {}: {} records{skipped}, {} accepted, {} rejected, {} failed in {:.2} s ({:.0} records/s)",
         args.file.display(),
         total,
@@ -402,21 +406,22 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<Summary> {
         elapsed,
         sent as f64 / elapsed.max(1e-9)
     );
-    println!("ids of accepted records (assigned ones included): {}", accepted_path.display());
+    w!("ids of accepted records (assigned ones included): {}", accepted_path.display());
     if !summary.by_reason.is_empty() {
-        println!("not accepted, by reason:");
+        w!("not accepted, by reason:");
         for (reason, n) in &summary.by_reason {
-            println!("  {n:>7}  {reason}");
+            w!("  {n:>7}  {reason}");
         }
-        println!("rejected records with their errors: {}", rejects_path.display());
+        w!("rejected records with their errors: {}", rejects_path.display());
     }
     if summary.failed > 0 {
-        println!(
+        w!(
             "{} records could not be sent; run the same command again to resume from {}",
             summary.failed,
             checkpoint_path.display()
         );
     }
+    let _ = std::io::stdout().lock().write_all(report.as_bytes());
     Ok(summary)
 }
 
@@ -462,7 +467,13 @@ fn read_records(bytes: &[u8], format: Format) -> anyhow::Result<Vec<Record>> {
             items
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| Record { position: i + 1, body: v, raw: None, line: None })
+                .map(|(i, v)| Record {
+                    position: i + 1,
+                    body: v,
+                    text: Default::default(),
+                    raw: None,
+                    line: None,
+                })
                 .collect()
         }
         Format::Ndjson => text
@@ -470,11 +481,18 @@ fn read_records(bytes: &[u8], format: Format) -> anyhow::Result<Vec<Record>> {
             .enumerate()
             .filter(|(_, line)| !line.trim().is_empty())
             .map(|(i, line)| match crate::domain::json::parse_str(line) {
-                Ok(v) => Record { position: i + 1, body: v, raw: None, line: Some(line.to_owned()) },
+                Ok(v) => Record {
+                    position: i + 1,
+                    body: v,
+                    text: Default::default(),
+                    raw: None,
+                    line: Some(line.to_owned()),
+                },
                 // Refused as the service would: not JSON.
                 Err(_) => Record {
                     position: i + 1,
                     body: Value::Null,
+                    text: Default::default(),
                     raw: Some(line.to_owned()),
                     line: Some(line.to_owned()),
                 },
@@ -483,9 +501,11 @@ fn read_records(bytes: &[u8], format: Format) -> anyhow::Result<Vec<Record>> {
         Format::Csv => read_csv(text)?,
     };
     for record in &mut records {
+        let mut changed = false;
         if let Value::Object(fields) = &mut record.body {
-            fields.remove("ingestedAt");
+            changed |= fields.remove("ingestedAt").is_some();
             if fields.get("id").is_none_or(Value::is_null) {
+                changed = true;
                 // A digest of the record's content, so the same record gets the same id on
                 // every run — a resume, or a rerun after fixing other lines — and never
                 // becomes a second user.
@@ -495,6 +515,11 @@ fn read_records(bytes: &[u8], format: Format) -> anyhow::Result<Vec<Record>> {
                 fields.insert("id".into(), Value::String(id.to_string()));
             }
         }
+        record.text = match (&record.raw, &record.line) {
+            (Some(raw), _) => raw.clone().into(),
+            (None, Some(line)) if !changed => line.clone().into(),
+            _ => record.body.to_string().into(),
+        };
     }
     Ok(records)
 }
@@ -530,7 +555,13 @@ fn read_csv(text: &str) -> anyhow::Result<Vec<Record>> {
         if row.len() > header.len() {
             fields.insert(format!("column {}", header.len() + 1), Value::String(row[header.len()].into()));
         }
-        records.push(Record { position, body: Value::Object(fields), raw: None, line: None });
+        records.push(Record {
+            position,
+            body: Value::Object(fields),
+            text: Default::default(),
+            raw: None,
+            line: None,
+        });
     }
     Ok(records)
 }
@@ -541,7 +572,7 @@ fn cut(records: Vec<Record>, size: usize, max_bytes: usize) -> Vec<Vec<Record>> 
     let mut current = Vec::new();
     let mut bytes = 2;
     for record in records {
-        let len = record.raw.as_ref().map_or_else(|| record.body.to_string().len(), String::len) + 1;
+        let len = record.text.len() + 1;
         if !current.is_empty() && (current.len() >= size || bytes + len > max_bytes) {
             batches.push(std::mem::take(&mut current));
             bytes = 2;
@@ -556,16 +587,152 @@ fn cut(records: Vec<Record>, size: usize, max_bytes: usize) -> Vec<Vec<Record>> 
 }
 
 /// Fails fast, with the URL in the message, when nothing answers there.
-async fn preflight(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    let mut last = None;
+async fn preflight(client: &Transport, base: &str) -> anyhow::Result<()> {
+    let mut last = String::new();
     for _ in 0..10 {
-        match client.get(format!("{base}/")).send().await {
-            Ok(_) => return Ok(()),
-            Err(e) => last = Some(e),
+        match client.probe().await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    Err(anyhow::anyhow!("no service answers at {base}: {}", last.map(|e| e.to_string()).unwrap_or_default()))
+    Err(anyhow::anyhow!("no service answers at {base}: {last}"))
+}
+
+/// How long one request may take, its answer read in full.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+type PlainClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// How requests reach the service. Plain HTTP (the local service, CI) goes through hyper's own
+/// pooled client: reqwest parses every request's URL twice for its redirect handling, which was
+/// a fifth of a record-by-record import. HTTPS (a Functions app) goes through reqwest and rustls.
+#[derive(Clone)]
+enum Transport {
+    Plain { client: PlainClient, users: http::Uri, root: http::Uri },
+    Tls { client: reqwest::Client, users: reqwest::Url, root: reqwest::Url },
+}
+
+impl Transport {
+    fn new(base: &str, connections: usize) -> anyhow::Result<Self> {
+        let url = |path: &str| {
+            reqwest::Url::parse(&format!("{base}{path}")).with_context(|| format!("{base} is not a URL"))
+        };
+        let (users, root) = (url("/api/users")?, url("/")?);
+        match users.scheme() {
+            "http" => {
+                let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+                connector.set_nodelay(true);
+                let client =
+                    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                        .pool_max_idle_per_host(connections)
+                        .build(connector);
+                let uri = |url: reqwest::Url| {
+                    url.as_str().parse::<http::Uri>().with_context(|| format!("{base} is not a URL"))
+                };
+                Ok(Self::Plain { client, users: uri(users)?, root: uri(root)? })
+            }
+            "https" => {
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(connections)
+                    .tcp_nodelay(true)
+                    .timeout(REQUEST_TIMEOUT)
+                    .build()?;
+                Ok(Self::Tls { client, users, root })
+            }
+            other => anyhow::bail!("{base}: the URL must be http:// or https://, not {other}://"),
+        }
+    }
+
+    /// Whether anything answers at the service's root.
+    async fn probe(&self) -> Result<(), String> {
+        match self {
+            Self::Plain { client, root, .. } => {
+                let request =
+                    http::Request::get(root.clone()).body(Default::default()).map_err(|e| e.to_string())?;
+                match tokio::time::timeout(REQUEST_TIMEOUT, client.request(request)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(plain_error(&e)),
+                    Err(_) => Err("no answer in time".into()),
+                }
+            }
+            Self::Tls { client, root, .. } => {
+                client.get(root.clone()).send().await.map(drop).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// POSTs JSON to `/api/users`.
+    async fn post(&self, api_key: Option<&str>, body: bytes::Bytes) -> Result<Answer, String> {
+        match self {
+            Self::Plain { client, users, .. } => {
+                let mut request =
+                    http::Request::post(users.clone()).header(header::CONTENT_TYPE, "application/json");
+                if let Some(key) = api_key {
+                    request = request.header("x-functions-key", key);
+                }
+                let request = request
+                    .body(http_body_util::Full::new(body))
+                    .map_err(|e| format!("transport error: {e}"))?;
+                let exchange = async {
+                    let response = client.request(request).await.map_err(|e| {
+                        if e.is_connect() {
+                            format!("cannot connect: {}", plain_error(&e))
+                        } else {
+                            format!("transport error: {}", plain_error(&e))
+                        }
+                    })?;
+                    let (parts, body) = response.into_parts();
+                    let body = http_body_util::BodyExt::collect(body)
+                        .await
+                        .map_err(|e| format!("transport error: {e}"))?
+                        .to_bytes();
+                    Ok(answer(parts.status, &parts.headers, &body))
+                };
+                tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+                    .await
+                    .unwrap_or_else(|_| Err("transport error: no answer in time".into()))
+            }
+            Self::Tls { client, users, .. } => {
+                let mut request =
+                    client.post(users.clone()).header(header::CONTENT_TYPE, "application/json").body(body);
+                if let Some(key) = api_key {
+                    request = request.header("x-functions-key", key);
+                }
+                match request.send().await {
+                    Ok(response) => {
+                        let status = response.status();
+                        let headers = response.headers().clone();
+                        let body = response.bytes().await.unwrap_or_default();
+                        Ok(answer(status, &headers, &body))
+                    }
+                    Err(e) if e.is_connect() => Err(format!("cannot connect: {e}")),
+                    Err(e) => Err(format!("transport error: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// A hyper client error with what caused it ("client error (Connect)" alone says little).
+fn plain_error(e: &hyper_util::client::legacy::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
+    }
+}
+
+fn answer(status: StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Answer {
+    let retry_after = headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = serde_json::from_slice(body).unwrap_or(Value::Null);
+    Answer { status, body, retry_after }
 }
 
 /// A response, or why there was none; whether to try again and after how long.
@@ -575,56 +742,22 @@ struct Answer {
     retry_after: Option<Duration>,
 }
 
-async fn post(
-    client: &reqwest::Client,
-    endpoint: &reqwest::Url,
-    api_key: Option<&str>,
-    body: String,
-) -> Result<Answer, String> {
-    let mut request =
-        client.post(endpoint.clone()).header(header::CONTENT_TYPE, "application/json").body(body);
-    if let Some(key) = api_key {
-        request = request.header("x-functions-key", key);
-    }
-    match request.send().await {
-        Ok(response) => {
-            let status = response.status();
-            let retry_after = response
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let body = response.json().await.unwrap_or(Value::Null);
-            Ok(Answer { status, body, retry_after })
-        }
-        Err(e) if e.is_connect() => Err(format!("cannot connect: {e}")),
-        Err(e) => Err(format!("transport error: {e}")),
-    }
-}
-
 fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
     let backoff = Duration::from_millis(100u64 << attempt.min(7)).min(Duration::from_secs(10));
     retry_after.unwrap_or(backoff).min(Duration::from_secs(60))
 }
 
-fn body_text(record: &Record) -> String {
-    record.raw.clone().unwrap_or_else(|| record.body.to_string())
+fn body_text(record: &Record) -> bytes::Bytes {
+    record.text.clone()
 }
 
 /// One record on its own: `202`, a final `4xx`, or retried (every record has an id, so a
 /// retry can never duplicate a user).
-async fn send_one(
-    client: &reqwest::Client,
-    endpoint: &reqwest::Url,
-    api_key: Option<&str>,
-    record: &Record,
-    max_attempts: u32,
-) -> Outcome {
+async fn send_one(client: &Transport, api_key: Option<&str>, record: &Record, max_attempts: u32) -> Outcome {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (reason, wait) = match post(client, endpoint, api_key, body_text(record)).await {
+        let (reason, wait) = match client.post(api_key, body_text(record)).await {
             Ok(answer) if answer.status == StatusCode::ACCEPTED => {
                 return match answer.body.get("id").and_then(Value::as_str) {
                     Some(id) => Outcome::Accepted { id: id.to_owned() },
@@ -654,8 +787,7 @@ async fn send_one(
 /// whole-request 429/503/5xx/transport failures, are sent again; a `413` for the whole batch
 /// (a service with smaller limits) splits it in two.
 async fn send_batch(
-    client: &reqwest::Client,
-    endpoint: &reqwest::Url,
+    client: &Transport,
     api_key: Option<&str>,
     batch: &[Record],
     max_attempts: u32,
@@ -678,8 +810,17 @@ async fn send_batch(
     let mut attempt = 0;
     while !todo.is_empty() {
         attempt += 1;
-        let body = format!("[{}]", todo.iter().map(|&i| body_text(&batch[i])).collect::<Vec<_>>().join(","));
-        let (reason, wait) = match post(client, endpoint, api_key, body).await {
+        let mut body = Vec::with_capacity(todo.iter().map(|&i| batch[i].text.len() + 1).sum::<usize>() + 2);
+        body.push(b'[');
+        for (n, &i) in todo.iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&batch[i].text);
+        }
+        body.push(b']');
+        let body = bytes::Bytes::from(body);
+        let (reason, wait) = match client.post(api_key, body).await {
             Ok(answer) if answer.status == StatusCode::OK => {
                 let results =
                     answer.body.get("results").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -722,8 +863,7 @@ async fn send_batch(
                 let (left, right) = todo.split_at(todo.len() / 2);
                 for half in [left, right] {
                     let records: Vec<Record> = half.iter().map(|&i| batch[i].clone()).collect();
-                    let results =
-                        Box::pin(send_batch(client, endpoint, api_key, &records, max_attempts)).await;
+                    let results = Box::pin(send_batch(client, api_key, &records, max_attempts)).await;
                     for (&i, outcome) in half.iter().zip(results) {
                         outcomes[i] = Some(outcome);
                     }
@@ -905,7 +1045,10 @@ mod tests {
     #[test]
     fn batches_respect_both_the_record_count_and_the_byte_limit() {
         let records: Vec<Record> = (0..10)
-            .map(|i| Record { position: i, body: json!({"pad": "x".repeat(100)}), raw: None, line: None })
+            .map(|i| {
+                let body = json!({"pad": "x".repeat(100)});
+                Record { position: i, text: body.to_string().into(), body, raw: None, line: None }
+            })
             .collect();
         let sizes: Vec<usize> = cut(records.clone(), 4, usize::MAX).iter().map(Vec::len).collect();
         assert_eq!(sizes, [4, 4, 2]);
