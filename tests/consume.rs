@@ -146,6 +146,7 @@ fn the_worker_parks_a_poison_message_and_keeps_going() {
             message_id: id.into(),
             correlation_id: None,
             body: body.into(),
+            checked: None,
         };
         queue
             .publish(vec![

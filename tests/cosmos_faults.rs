@@ -168,6 +168,7 @@ async fn a_burst_of_2000_messages_against_a_throttled_store_ends_with_2000_docum
         sequence: i as i64 + 1,
         delivery_count: count,
         correlation_id: None,
+        checked: None,
     };
     let outcomes: Vec<(usize, u32)> = futures::stream::iter(0..2000)
         .map(|i| {

@@ -234,6 +234,7 @@ fn a_parked_valid_record_is_replayed_as_it_is_and_all_skips_the_invalid_ones_onl
             message_id: "garbage-1".into(),
             correlation_id: None,
             body: r#"{"name": 42}"#.into(),
+            checked: None,
         };
         queue.publish(vec![garbage]).await.unwrap();
     });

@@ -27,6 +27,7 @@ fn message(id: &str) -> OutgoingMessage {
         message_id: id.into(),
         correlation_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         body: r#"{"id":"u-1","name":"A","email":"a@example.com","ingestedAt":"2026-01-01T00:00:00Z"}"#.into(),
+        checked: None,
     }
 }
 

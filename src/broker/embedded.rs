@@ -5,8 +5,16 @@
 //! commit), then answers each caller: many accepted records share one fsync, and none is
 //! answered before its commit. Reads use their own connection, which WAL lets run beside the
 //! writer.
+//!
+//! Delivery: a message this process published (with the document it checked) is handed to
+//! the subscribed worker in memory as its commit completes, and leased in the table meanwhile,
+//! as Service Bus's peek-lock leases a delivered message: the worker neither reads it back
+//! nor parses it again. Everything else — messages of other producers, retries, and what was
+//! leased when the process stopped — is read from the table.
 
+use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +35,17 @@ const MAX_GROUP: usize = 1024;
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How often the writer forgets Idempotency-Keys older than [`IDEMPOTENCY_WINDOW`].
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// `visible_at_ms` of a message handed to the worker in memory: leased. Reads of the table
+/// skip it; settling deletes it or sets the time of its next delivery; a new subscription
+/// (the process restarted, or the worker did) releases every lease.
+const LEASED: i64 = i64::MAX;
+const _: () =
+    assert!(LEASED == 9_223_372_036_854_775_807, "the SQL of the messages_waiting index spells it out");
+/// The most messages waiting in memory for the worker; past it, new ones wait in the table.
+const HANDOFF_CAPACITY: usize = 4096;
+/// While messages are handed over in memory, the table is still read this often, so that
+/// retries and other producers' messages are not starved by a steady load.
+const TABLE_EVERY_MS: u64 = 100;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -39,7 +58,13 @@ CREATE TABLE IF NOT EXISTS messages (
     visible_at_ms   INTEGER NOT NULL DEFAULT 0,
     last_error      TEXT
 );
-CREATE INDEX IF NOT EXISTS messages_visible ON messages (visible_at_ms, sequence);
+-- Messages to read from the table, by when they may be delivered. Leased ones (handed to the
+-- worker in memory, visible_at_ms = i64::MAX) are left out: most messages never enter the index,
+-- and a commit writes fewer pages. Queries repeat its condition word for word, as SQLite needs
+-- to use a partial index.
+DROP INDEX IF EXISTS messages_visible;
+CREATE INDEX IF NOT EXISTS messages_waiting ON messages (visible_at_ms, sequence)
+    WHERE visible_at_ms < 9223372036854775807;
 -- Idempotency-Keys, each with the digest of the request that claimed it. A key is claimed in
 -- the transaction that inserts its request's messages: a retry (same digest) publishes
 -- nothing, another request under the key (another digest) is refused.
@@ -86,6 +111,8 @@ enum Command {
     Publish(Vec<OutgoingMessage>, Option<RequestKey>),
     Settle(Vec<Settlement>),
     Park(DeadLetter),
+    /// A worker starts consuming: release every lease, and hand over from now on.
+    Subscribe,
 }
 
 /// What a committed command did.
@@ -108,6 +135,23 @@ pub struct SqliteQueue {
     jobs: mpsc::Sender<Job>,
     reader: Arc<Mutex<Connection>>,
     published: Arc<Notify>,
+    handoff: Arc<Handoff>,
+    /// When the table was last read for deliveries, in ms since the queue opened.
+    table_read_at: AtomicU64,
+    opened: std::time::Instant,
+}
+
+/// Messages committed by this process, waiting in memory for the worker (leased in the table).
+#[derive(Default)]
+struct Handoff {
+    messages: Mutex<VecDeque<QueuedMessage>>,
+    subscribed: AtomicBool,
+}
+
+impl Handoff {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<QueuedMessage>> {
+        self.messages.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl SqliteQueue {
@@ -120,11 +164,31 @@ impl SqliteQueue {
         let reader = open_connection(path)?;
         let (jobs, receiver) = mpsc::channel(MAX_PENDING_COMMANDS);
         let published = Arc::new(Notify::new());
-        let notify = published.clone();
+        let handoff = Arc::new(Handoff::default());
+        let (notify, handed) = (published.clone(), handoff.clone());
         std::thread::Builder::new()
             .name("queue-writer".into())
-            .spawn(move || write_loop(writer, receiver, notify))?;
-        Ok(Self { jobs, reader: Arc::new(Mutex::new(reader)), published })
+            .spawn(move || write_loop(writer, receiver, notify, handed))?;
+        Ok(Self {
+            jobs,
+            reader: Arc::new(Mutex::new(reader)),
+            published,
+            handoff,
+            table_read_at: AtomicU64::new(0),
+            opened: std::time::Instant::now(),
+        })
+    }
+
+    /// Makes the caller the subscription's consumer: every message leased to an earlier one
+    /// is released (readable from the table again), and the messages this process publishes
+    /// from now on are handed over in memory. Called by the worker each time it starts.
+    pub async fn subscribe(&self) -> Result<(), PublishError> {
+        self.submit(Command::Subscribe).await.map(drop)
+    }
+
+    /// How many messages wait in memory for the worker.
+    pub fn handed_over(&self) -> usize {
+        self.handoff.lock().len()
     }
 
     /// Resolves when a publish has committed since the last call (or already had).
@@ -132,13 +196,34 @@ impl SqliteQueue {
         self.published.notified().await
     }
 
-    /// Up to `limit` messages whose visibility time has come, oldest first.
+    /// Up to `limit` messages to deliver: those handed over in memory first, then those whose
+    /// visibility time has come in the table, oldest first. The table is read when nothing
+    /// waits in memory, and at least every [`TABLE_EVERY_MS`] even when something does.
     pub async fn receive(&self, limit: usize) -> Result<Vec<QueuedMessage>, PublishError> {
+        let now = self.opened.elapsed().as_millis() as u64;
+        let table_due = now.saturating_sub(self.table_read_at.load(Ordering::Relaxed)) >= TABLE_EVERY_MS;
+        let mut batch = Vec::new();
+        if table_due || self.handed_over() == 0 {
+            self.table_read_at.store(now, Ordering::Relaxed);
+            batch = self.receive_from_table(limit).await?;
+        }
+        let mut handed = self.handoff.lock();
+        let take = (limit - batch.len()).min(handed.len());
+        batch.extend(handed.drain(..take));
+        Ok(batch)
+    }
+
+    /// Up to `limit` messages of the table whose visibility time has come, oldest first.
+    async fn receive_from_table(&self, limit: usize) -> Result<Vec<QueuedMessage>, PublishError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let now_ms = now_ms();
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT sequence, message_id, body, enqueued_at_ns, attempts FROM messages
-                 WHERE visible_at_ms <= ?1 ORDER BY sequence LIMIT ?2",
+                 WHERE visible_at_ms <= ?1 AND visible_at_ms < 9223372036854775807
+                 ORDER BY sequence LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![now_ms, limit as i64], |row| {
                 Ok(QueuedMessage {
@@ -147,6 +232,7 @@ impl SqliteQueue {
                     body: row.get(2)?,
                     enqueued_at: from_ns(row.get::<_, i64>(3)? as i128),
                     delivery_count: row.get::<_, u32>(4)? + 1,
+                    checked: None,
                 })
             })?;
             rows.collect()
@@ -157,9 +243,11 @@ impl SqliteQueue {
     /// When the next message that is waiting out a retry delay becomes visible.
     pub async fn next_visible_at(&self) -> Result<Option<OffsetDateTime>, PublishError> {
         self.read(|conn| {
-            conn.prepare_cached("SELECT MIN(visible_at_ms) FROM messages")?
-                .query_row([], |row| row.get::<_, Option<i64>>(0))
-                .map(|ms| ms.map(|ms| from_ns(ms as i128 * 1_000_000)))
+            conn.prepare_cached(
+                "SELECT MIN(visible_at_ms) FROM messages WHERE visible_at_ms < 9223372036854775807",
+            )?
+            .query_row([], |row| row.get::<_, Option<i64>>(0))
+            .map(|ms| ms.map(|ms| from_ns(ms as i128 * 1_000_000)))
         })
         .await
     }
@@ -266,7 +354,12 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn write_loop(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, published: Arc<Notify>) {
+fn write_loop(
+    mut conn: Connection,
+    mut jobs: mpsc::Receiver<Job>,
+    published: Arc<Notify>,
+    handoff: Arc<Handoff>,
+) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     let mut synced = true;
     let mut pruned = std::time::Instant::now();
@@ -283,7 +376,8 @@ fn write_loop(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, published: Ar
         // the answer, so its commit is fsync'd. A group of settlements alone need not be: a
         // lost ack only means a redelivery, which the idempotent consumer absorbs, and the
         // next synced commit makes it durable anyway (WAL is sequential).
-        let must_sync = group.iter().any(|job| !matches!(job.command, Command::Settle(_)));
+        let must_sync =
+            group.iter().any(|job| !matches!(job.command, Command::Settle(_) | Command::Subscribe));
         if must_sync != synced {
             let mode = if must_sync { "FULL" } else { "NORMAL" };
             if let Err(e) = conn.pragma_update(None, "synchronous", mode) {
@@ -295,13 +389,13 @@ fn write_loop(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, published: Ar
         let result = if must_sync && !synced {
             Err("the queue cannot sync its commits".to_owned())
         } else {
-            commit_group(&mut conn, &group).map_err(|e| e.to_string())
+            commit_group(&mut conn, &group, &handoff).map_err(|e| e.to_string())
         };
         // The worker is woken when a message was inserted (not for a replayed key).
         let any_publish = match &result {
-            Ok(done) => group
+            Ok(committed) => group
                 .iter()
-                .zip(done)
+                .zip(&committed.done)
                 .any(|(job, done)| matches!(job.command, Command::Publish(..)) && *done == Done::Applied),
             Err(e) => {
                 tracing::error!(error = %e, commands = group.len(), "queue commit failed");
@@ -309,8 +403,9 @@ fn write_loop(mut conn: Connection, mut jobs: mpsc::Receiver<Job>, published: Ar
             }
         };
         match result {
-            Ok(done) => {
-                for (job, done) in group.drain(..).zip(done) {
+            Ok(committed) => {
+                hand_over(&mut group, &committed, &handoff);
+                for (job, done) in group.drain(..).zip(committed.done) {
                     let _ = job.done.send(Ok(done));
                 }
             }
@@ -358,12 +453,61 @@ fn claim_key(tx: &rusqlite::Transaction<'_>, key: &RequestKey, now: i128) -> rus
     Ok(if recorded == key.request_hash { Done::Replayed } else { Done::KeyReused })
 }
 
-/// Commits the group in one transaction; returns what each command did, in order.
-fn commit_group(conn: &mut Connection, group: &[Job]) -> rusqlite::Result<Vec<Done>> {
+/// What a committed group did.
+struct Committed {
+    /// What each command did, in order.
+    done: Vec<Done>,
+    /// The messages inserted leased, to hand over: (command, message, sequence).
+    leased: Vec<(usize, usize, i64)>,
+    /// When they were enqueued.
+    now: i128,
+    /// Whether the group held a subscription.
+    subscribed: bool,
+}
+
+/// Moves the leased messages of a committed group to the worker's hand-over queue.
+fn hand_over(group: &mut [Job], committed: &Committed, handoff: &Handoff) {
+    let mut handed = handoff.lock();
+    if committed.subscribed {
+        // The leases of whatever waited here were released in the same commit.
+        handed.clear();
+        handoff.subscribed.store(true, Ordering::Release);
+    }
+    let enqueued_at = from_ns(committed.now);
+    for &(job, index, sequence) in &committed.leased {
+        if let Command::Publish(messages, _) = &mut group[job].command {
+            let m = &mut messages[index];
+            handed.push_back(QueuedMessage {
+                sequence,
+                message_id: std::mem::take(&mut m.message_id),
+                body: std::mem::take(&mut m.body).into_bytes(),
+                enqueued_at,
+                delivery_count: 1,
+                checked: m.checked.take(),
+            });
+        }
+    }
+}
+
+/// Commits the group in one transaction.
+fn commit_group(conn: &mut Connection, group: &[Job], handoff: &Handoff) -> rusqlite::Result<Committed> {
+    // A subscription releases every lease (and, once committed, empties the hand-over
+    // queue): what an earlier worker held in memory is read from the table again.
+    let subscribed = group.iter().any(|job| matches!(job.command, Command::Subscribe));
+    let mut room = if subscribed || handoff.subscribed.load(Ordering::Acquire) {
+        HANDOFF_CAPACITY.saturating_sub(handoff.lock().len())
+    } else {
+        0
+    };
     let tx = conn.transaction()?;
+    if subscribed {
+        tx.prepare_cached("UPDATE messages SET visible_at_ms = 0 WHERE visible_at_ms = ?1")?
+            .execute([LEASED])?;
+    }
     let now = now_ns();
     let mut outcomes = Vec::with_capacity(group.len());
-    for job in group {
+    let mut leased = Vec::new();
+    for (job_index, job) in group.iter().enumerate() {
         let mut done = Done::Applied;
         match &job.command {
             Command::Publish(messages, key) => {
@@ -376,11 +520,24 @@ fn commit_group(conn: &mut Connection, group: &[Job]) -> rusqlite::Result<Vec<Do
                 }
                 // A reused message id is dropped, as Service Bus duplicate detection does.
                 let mut insert = tx.prepare_cached(
-                    "INSERT INTO messages (message_id, correlation_id, body, enqueued_at_ns)
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (message_id) DO NOTHING",
+                    "INSERT INTO messages (message_id, correlation_id, body, enqueued_at_ns, visible_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (message_id) DO NOTHING",
                 )?;
-                for m in messages {
-                    insert.execute(params![m.message_id, m.correlation_id, m.body.as_bytes(), now as i64])?;
+                for (index, m) in messages.iter().enumerate() {
+                    // Handed over only with the document this process checked.
+                    let lease = room > 0 && m.checked.is_some();
+                    let visible_at = if lease { LEASED } else { 0 };
+                    let inserted = insert.execute(params![
+                        m.message_id,
+                        m.correlation_id,
+                        m.body.as_bytes(),
+                        now as i64,
+                        visible_at
+                    ])?;
+                    if lease && inserted == 1 {
+                        room -= 1;
+                        leased.push((job_index, index, tx.last_insert_rowid()));
+                    }
                 }
             }
             Command::Settle(settlements) => {
@@ -388,6 +545,7 @@ fn commit_group(conn: &mut Connection, group: &[Job]) -> rusqlite::Result<Vec<Do
                     settle_one(&tx, s, now)?;
                 }
             }
+            Command::Subscribe => {}
             Command::Park(letter) => {
                 tx.prepare_cached(
                     "INSERT INTO dead_letters (message_id, body, enqueued_at_ns, delivery_count, reason, source, dead_lettered_at_ns)
@@ -407,7 +565,7 @@ fn commit_group(conn: &mut Connection, group: &[Job]) -> rusqlite::Result<Vec<Do
         outcomes.push(done);
     }
     tx.commit()?;
-    Ok(outcomes)
+    Ok(Committed { done: outcomes, leased, now, subscribed })
 }
 
 fn settle_one(tx: &rusqlite::Transaction<'_>, settlement: &Settlement, now: i128) -> rusqlite::Result<()> {
@@ -450,4 +608,132 @@ fn to_ns(t: OffsetDateTime) -> i64 {
 
 fn from_ns(ns: i128) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(ns).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{NewUser, UserDocument};
+
+    fn checked_message(id: &str) -> OutgoingMessage {
+        let record = serde_json::json!({"id": id, "name": "Ada", "email": "ada@example.com"});
+        let doc: UserDocument = NewUser::parse(record).unwrap().into_document(OffsetDateTime::now_utc());
+        OutgoingMessage {
+            message_id: uuid::Uuid::now_v7().to_string(),
+            correlation_id: None,
+            body: doc.to_json(),
+            checked: Some(Arc::new(doc)),
+        }
+    }
+
+    fn foreign_message(id: &str) -> OutgoingMessage {
+        OutgoingMessage {
+            message_id: format!("foreign-{id}"),
+            correlation_id: None,
+            body: format!(r#"{{"id":"{id}","name":"Grace","email":"grace@example.com"}}"#),
+            checked: None,
+        }
+    }
+
+    fn leased(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM messages WHERE visible_at_ms = ?1", [LEASED], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn what_this_process_publishes_is_handed_over_in_memory_with_its_checked_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        let queue = SqliteQueue::open(&path).unwrap();
+        queue.subscribe().await.unwrap();
+        queue.publish(vec![checked_message("mem-1"), checked_message("mem-2")]).await.unwrap();
+        assert_eq!(queue.handed_over(), 2);
+        assert_eq!(leased(&path), 2, "leased in the table while in memory");
+        let batch = queue.receive(10).await.unwrap();
+        let ids: Vec<&str> = batch.iter().map(|m| m.checked.as_ref().unwrap().id.as_str()).collect();
+        assert_eq!(ids, ["mem-1", "mem-2"]);
+        assert!(batch.iter().all(|m| m.delivery_count == 1));
+        // The body is the checked document's JSON, byte for byte.
+        let doc = batch[0].checked.as_ref().unwrap();
+        assert_eq!(batch[0].body, doc.to_json().into_bytes());
+        assert!(queue.receive(10).await.unwrap().is_empty(), "a leased message is not read from the table");
+        queue
+            .settle(batch.iter().map(|m| Settlement::Complete { sequence: m.sequence }).collect())
+            .await
+            .unwrap();
+        assert_eq!(queue.stats().await.unwrap().depth, 0);
+    }
+
+    #[tokio::test]
+    async fn a_new_subscription_releases_what_an_earlier_worker_held_and_reads_it_from_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        let queue = SqliteQueue::open(&path).unwrap();
+        queue.subscribe().await.unwrap();
+        queue.publish(vec![checked_message("held-1")]).await.unwrap();
+        // A worker took it and died (a panic) before settling it.
+        let lost = queue.receive(10).await.unwrap();
+        assert_eq!(lost.len(), 1);
+        assert!(queue.receive(10).await.unwrap().is_empty());
+        // The restarted worker subscribes: the message is delivered again, from the table,
+        // and is checked again like any message read back.
+        queue.subscribe().await.unwrap();
+        assert_eq!(leased(&path), 0);
+        let again = queue.receive(10).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].sequence, lost[0].sequence);
+        assert!(again[0].checked.is_none());
+        assert_eq!(again[0].body, lost[0].body);
+    }
+
+    #[tokio::test]
+    async fn a_process_that_stopped_with_leased_messages_delivers_them_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        {
+            let queue = SqliteQueue::open(&path).unwrap();
+            queue.subscribe().await.unwrap();
+            queue.publish(vec![checked_message("crash-1"), checked_message("crash-2")]).await.unwrap();
+        }
+        assert_eq!(leased(&path), 2);
+        let queue = SqliteQueue::open(&path).unwrap();
+        assert!(queue.receive(10).await.unwrap().is_empty(), "still leased until a worker subscribes");
+        queue.subscribe().await.unwrap();
+        assert_eq!(queue.receive(10).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn messages_of_other_producers_and_those_without_a_subscriber_wait_in_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        let queue = SqliteQueue::open(&path).unwrap();
+        // No worker yet (INGEST_WORKER=off): nothing is leased.
+        queue.publish(vec![checked_message("unsubscribed")]).await.unwrap();
+        assert_eq!((queue.handed_over(), leased(&path)), (0, 0));
+        queue.subscribe().await.unwrap();
+        queue.publish(vec![foreign_message("other")]).await.unwrap();
+        assert_eq!(queue.handed_over(), 0, "a message without a checked document is read and checked");
+        let batch = queue.receive(10).await.unwrap();
+        assert_eq!(batch.len(), 2);
+        assert!(batch.iter().all(|m| m.checked.is_none()));
+    }
+
+    #[tokio::test]
+    async fn the_table_is_still_read_while_messages_keep_arriving_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteQueue::open(&dir.path().join("queue.db")).unwrap();
+        queue.subscribe().await.unwrap();
+        queue.publish(vec![foreign_message("waiting")]).await.unwrap();
+        let mut seen_foreign = false;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !seen_foreign {
+            assert!(std::time::Instant::now() < deadline, "the table was never read under a steady load");
+            queue.publish(vec![checked_message("steady")]).await.unwrap();
+            let batch = queue.receive(1).await.unwrap();
+            seen_foreign = batch.iter().any(|m| m.checked.is_none());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }

@@ -14,9 +14,12 @@ pub use dead_letters::{DeadLetterAdmin, ParkedMessage, Replay, Replayed, SqliteD
 pub use embedded::{QueueStats, Settlement, SqliteQueue};
 pub use servicebus::{ServiceBusPublisher, SCHEMA_VERSION};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+use crate::domain::UserDocument;
 
 /// A record on its way to the topic.
 #[derive(Debug, Clone)]
@@ -27,6 +30,10 @@ pub struct OutgoingMessage {
     pub correlation_id: Option<String>,
     /// The user document as compact JSON.
     pub body: String,
+    /// The document the body holds, as the API checked it, when this process made the
+    /// message. Never sent anywhere: the embedded subscription hands it to the in-process
+    /// consumer with its message, which need not parse and check the body again.
+    pub checked: Option<Arc<UserDocument>>,
 }
 
 /// A request made under an `Idempotency-Key`: the key, and a digest of the request that
@@ -62,6 +69,9 @@ pub struct QueuedMessage {
     pub enqueued_at: time::OffsetDateTime,
     /// 1 on the first delivery.
     pub delivery_count: u32,
+    /// The document as this process checked it before publishing, when the message was
+    /// handed over in memory (see [`OutgoingMessage::checked`]).
+    pub checked: Option<Arc<UserDocument>>,
 }
 
 /// Why a message could not be made durable. Every variant is retryable by the client.

@@ -612,7 +612,7 @@ type PlainClient = hyper_util::client::legacy::Client<
 /// a fifth of a record-by-record import. HTTPS (a Functions app) goes through reqwest and rustls.
 #[derive(Clone)]
 enum Transport {
-    Plain { client: PlainClient, users: http::Uri, root: http::Uri },
+    Plain { client: Box<PlainClient>, users: http::Uri, root: http::Uri },
     Tls { client: reqwest::Client, users: reqwest::Url, root: reqwest::Url },
 }
 
@@ -633,7 +633,7 @@ impl Transport {
                 let uri = |url: reqwest::Url| {
                     url.as_str().parse::<http::Uri>().with_context(|| format!("{base} is not a URL"))
                 };
-                Ok(Self::Plain { client, users: uri(users)?, root: uri(root)? })
+                Ok(Self::Plain { client: Box::new(client), users: uri(users)?, root: uri(root)? })
             }
             "https" => {
                 let client = reqwest::Client::builder()

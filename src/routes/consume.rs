@@ -201,6 +201,7 @@ fn parse_invocation(body: &[u8], now: OffsetDateTime) -> Result<Delivery, String
         sequence,
         delivery_count,
         correlation_id,
+        checked: None,
     })
 }
 

@@ -471,6 +471,7 @@ impl DeadLetterAdmin for CosmosDeadLetterAdmin {
             message_id: replay.message_id,
             correlation_id: replay.correlation_id,
             body: String::from_utf8_lossy(&replay.body).into_owned(),
+            checked: None,
         };
         publisher.publish(vec![message]).await.map_err(|e| {
             anyhow::anyhow!("cannot publish dead letter {id} to the topic (nothing was changed): {e}")
