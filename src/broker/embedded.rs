@@ -42,7 +42,7 @@ const LEASED: i64 = i64::MAX;
 const _: () =
     assert!(LEASED == 9_223_372_036_854_775_807, "the SQL of the messages_waiting index spells it out");
 /// The most messages waiting in memory for the worker; past it, new ones wait in the table.
-const HANDOFF_CAPACITY: usize = 4096;
+const HANDOFF_CAPACITY: usize = 1024;
 /// While messages are handed over in memory, the table is still read this often, so that
 /// retries and other producers' messages are not starved by a steady load.
 const TABLE_EVERY_MS: u64 = 100;

@@ -42,7 +42,7 @@ pub struct SqliteUserStore {
 }
 
 /// The most memory the write-through cache may hold.
-const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+const CACHE_BYTES: u64 = 14 * 1024 * 1024;
 
 #[derive(Clone)]
 struct DocumentWeight;
