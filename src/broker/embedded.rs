@@ -635,6 +635,14 @@ mod tests {
         }
     }
 
+    /// A queue in a fresh directory, with a worker subscribed: the path of its file too.
+    async fn subscribed_queue(dir: &tempfile::TempDir) -> (std::path::PathBuf, SqliteQueue) {
+        let path = dir.path().join("queue.db");
+        let queue = SqliteQueue::open(&path).unwrap();
+        queue.subscribe().await.unwrap();
+        (path, queue)
+    }
+
     fn leased(path: &Path) -> i64 {
         Connection::open(path)
             .unwrap()
@@ -645,9 +653,7 @@ mod tests {
     #[tokio::test]
     async fn what_this_process_publishes_is_handed_over_in_memory_with_its_checked_document() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("queue.db");
-        let queue = SqliteQueue::open(&path).unwrap();
-        queue.subscribe().await.unwrap();
+        let (path, queue) = subscribed_queue(&dir).await;
         queue.publish(vec![checked_message("mem-1"), checked_message("mem-2")]).await.unwrap();
         assert_eq!(queue.handed_over(), 2);
         assert_eq!(leased(&path), 2, "leased in the table while in memory");
@@ -669,9 +675,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_subscription_releases_what_an_earlier_worker_held_and_reads_it_from_the_table() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("queue.db");
-        let queue = SqliteQueue::open(&path).unwrap();
-        queue.subscribe().await.unwrap();
+        let (path, queue) = subscribed_queue(&dir).await;
         queue.publish(vec![checked_message("held-1")]).await.unwrap();
         // A worker took it and died (a panic) before settling it.
         let lost = queue.receive(10).await.unwrap();
@@ -723,8 +727,7 @@ mod tests {
     #[tokio::test]
     async fn the_table_is_still_read_while_messages_keep_arriving_in_memory() {
         let dir = tempfile::tempdir().unwrap();
-        let queue = SqliteQueue::open(&dir.path().join("queue.db")).unwrap();
-        queue.subscribe().await.unwrap();
+        let (_, queue) = subscribed_queue(&dir).await;
         queue.publish(vec![foreign_message("waiting")]).await.unwrap();
         let mut seen_foreign = false;
         let deadline = std::time::Instant::now() + Duration::from_secs(5);

@@ -747,17 +747,13 @@ fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
     retry_after.unwrap_or(backoff).min(Duration::from_secs(60))
 }
 
-fn body_text(record: &Record) -> bytes::Bytes {
-    record.text.clone()
-}
-
 /// One record on its own: `202`, a final `4xx`, or retried (every record has an id, so a
 /// retry can never duplicate a user).
 async fn send_one(client: &Transport, api_key: Option<&str>, record: &Record, max_attempts: u32) -> Outcome {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (reason, wait) = match client.post(api_key, body_text(record)).await {
+        let (reason, wait) = match client.post(api_key, record.text.clone()).await {
             Ok(answer) if answer.status == StatusCode::ACCEPTED => {
                 return match answer.body.get("id").and_then(Value::as_str) {
                     Some(id) => Outcome::Accepted { id: id.to_owned() },
