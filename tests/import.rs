@@ -109,6 +109,64 @@ fn rejected_records_are_counted_by_reason_written_out_and_fail_the_exit_status()
 }
 
 #[test]
+fn a_line_that_is_an_array_or_breaks_the_batch_is_refused_alone_and_the_rest_is_accepted() {
+    // Attributes nested 126 deep: the line parses (serde_json's limit is 128 levels), but
+    // inside a batch's array it is one level deeper than the service's parser takes.
+    let deep = format!(
+        r#"{{"id":"deep","name":"Deep","email":"deep@example.com","attributes":{}1{}}}"#,
+        "[".repeat(126),
+        "]".repeat(126)
+    );
+    let lines = [
+        r#"{"id":"fine-1","name":"Fine One","email":"fine1@example.com"}"#.to_owned(),
+        r#"[{"id":"in-array","name":"In Array","email":"array@example.com"}]"#.to_owned(),
+        deep,
+        r#"{"id":"fine-2","name":"Fine Two","email":"fine2@example.com"}"#.to_owned(),
+    ];
+    for batch_size in ["1", "500"] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start(&dir.path().join("data"), &[]);
+        let input = dir.path().join("odd.ndjson");
+        std::fs::write(&input, lines.join("\n")).unwrap();
+        let started = std::time::Instant::now();
+        let output = Command::new(BIN)
+            .args(["import", "--url", &server.base, "--batch-size", batch_size])
+            .arg(&input)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(output.status.code(), Some(1), "batch size {batch_size}: {stdout}");
+        assert!(
+            stdout.contains("4 records, 2 accepted, 2 rejected, 0 failed"),
+            "batch size {batch_size}: {stdout}"
+        );
+        // Refused at once, not retried as if the service had failed.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "batch size {batch_size}: {:?}",
+            started.elapsed()
+        );
+        let rejects = read_ndjson(&dir.path().join("odd.ndjson.rejected.ndjson"));
+        let mut refused: Vec<(u64, u64)> =
+            rejects.iter().map(|r| (r["line"].as_u64().unwrap(), r["status"].as_u64().unwrap())).collect();
+        refused.sort();
+        assert_eq!(refused, [(2, 400), (3, 400)], "batch size {batch_size}: {rejects:?}");
+        let client = blocking_client();
+        wait_for_user(&client, &server, "fine-1", Duration::from_secs(10));
+        wait_for_user(&client, &server, "fine-2", Duration::from_secs(10));
+        let status =
+            |id: &str| client.get(format!("{}/api/users/{id}", server.base)).send().unwrap().status();
+        assert_eq!(
+            status("in-array"),
+            404,
+            "batch size {batch_size}: a record inside an array line was stored"
+        );
+        assert_eq!(status("deep"), 404, "batch size {batch_size}");
+    }
+}
+
+#[test]
 fn a_json_array_is_imported_too() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&dir.path().join("data"), &[]);

@@ -765,6 +765,18 @@ fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
 /// One record on its own: `202`, a final `4xx`, or retried (every record has an id, so a
 /// retry can never duplicate a user).
 async fn send_one(client: &Transport, api_key: Option<&str>, record: &Record, max_attempts: u32) -> Outcome {
+    if record.body.is_array() {
+        // Sent on its own, the service would take it for a batch of records: refused here, as
+        // the service refuses it inside a batch.
+        let problem = json!({"title": "Invalid user record", "status": 400, "errors": [
+            {"field": "", "message": "the record must be a JSON object, not an array"}
+        ]});
+        return Outcome::Rejected {
+            status: 400,
+            reason: reason_of(StatusCode::BAD_REQUEST, &problem),
+            problem,
+        };
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -869,8 +881,16 @@ async fn send_batch(
                 }
                 (format!("HTTP 503 for {} record(s) of the batch", todo.len()), None)
             }
-            Ok(answer) if answer.status == StatusCode::PAYLOAD_TOO_LARGE && todo.len() > 1 => {
-                // Smaller limits than ours: halve and send each half on its own.
+            // Smaller limits than ours (413), or the array as a whole refused as JSON although
+            // every record in it was read as JSON here (one nested just under the parser's
+            // depth limit is over it inside the array): halve and send each half on its own,
+            // so that what the service refuses is refused alone.
+            Ok(answer)
+                if todo.len() > 1
+                    && (answer.status == StatusCode::PAYLOAD_TOO_LARGE
+                        || (answer.status == StatusCode::BAD_REQUEST
+                            && answer.body.get("errors").is_none())) =>
+            {
                 let (left, right) = todo.split_at(todo.len() / 2);
                 for half in [left, right] {
                     let records: Vec<Record> = half.iter().map(|&i| batch[i].clone()).collect();
@@ -949,7 +969,13 @@ fn reason_of(status: StatusCode, problem: &Value) -> String {
     let fields: Vec<&str> = problem
         .get("errors")
         .and_then(Value::as_array)
-        .map(|errors| errors.iter().filter_map(|e| e.get("field").and_then(Value::as_str)).collect())
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|e| e.get("field").and_then(Value::as_str))
+                .filter(|f| !f.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     if fields.is_empty() {
         format!("{} {title}", status.as_u16())
