@@ -144,12 +144,7 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
                 serde_json::map::Entry::Vacant(slot) => {
                     slot.insert(value);
                 }
-                serde_json::map::Entry::Occupied(slot) => {
-                    return Err(serde::de::Error::custom(format_args!(
-                        "the key {:?} appears twice in one object",
-                        slot.key().chars().take(64).collect::<String>()
-                    )))
-                }
+                serde_json::map::Entry::Occupied(slot) => return Err(key_twice(slot.key())),
             }
         }
         Ok(Value::Object(fields))
@@ -181,17 +176,22 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
     }
 }
 
-/// The keys of one object so far; the error [`StrictVisitor`] gives for a key seen twice.
+/// The error for an object that gives `key` twice.
+fn key_twice<E: serde::de::Error>(key: &str) -> E {
+    E::custom(format_args!(
+        "the key {:?} appears twice in one object",
+        key.chars().take(64).collect::<String>()
+    ))
+}
+
+/// The keys of one object so far.
 #[derive(Default)]
 struct Seen<'de>(Vec<Key<'de>>);
 
 impl<'de> Seen<'de> {
     fn insert<E: serde::de::Error>(&mut self, key: Key<'de>) -> Result<(), E> {
         if self.0.iter().any(|k| k.0 == key.0) {
-            return Err(E::custom(format_args!(
-                "the key {:?} appears twice in one object",
-                key.0.chars().take(64).collect::<String>()
-            )));
+            return Err(key_twice(&key.0));
         }
         self.0.push(key);
         Ok(())
